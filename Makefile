@@ -1,0 +1,27 @@
+# make install: a local .venv with the package (editable) and its dev extras
+# make demo:    summary of a shipped model, then verify it around a shipped input
+# make test:    the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/verify models/digits_mlp.onnx
+	$(BIN)/python -m verifier.demo models/digits_mlp.onnx models/digits_samples.npz
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,276 @@
+"""ONNX → layer graph.
+
+The loader walks the ONNX nodes that the output depends on, in order, with every tensor either a
+*constant* (a numpy array: weights and the shape arithmetic PyTorch emits) or a *computed* tensor
+(a node of the layer graph plus its ONNX shape, batch dimension fixed to 1).
+
+- Nodes whose inputs are all constant are evaluated at load time with onnx's reference
+  implementation, under the model's own opset: this folds Shape/Gather/Concat/… chains to constants.
+- Nodes with a computed input go through one converter per op type (``CONVERTERS``).
+  Ops that only move values around (Transpose, Slice, Gather, Pad, Concat, Split, Expand, …) are
+  run on an *index tensor* (``arange`` in the computed tensor's shape), which turns the op into a
+  selection matrix without a hand-written rule per op.
+- Every unsupported op is collected; the load then fails once, naming them all.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import onnx
+import scipy.sparse as sp
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from .graph import Graph, Input, Linear, Node, Relu
+from .onnx_ops import CONVERTERS, Tensor, Unsupported
+from .passes import simplify
+
+
+class ModelError(ValueError):
+    """The model file cannot be read or converted; the message is one line for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# reading the file
+# --------------------------------------------------------------------------------------------
+def read_model(path) -> onnx.ModelProto:
+    """Read ``.onnx`` or ``.onnx.gz``; external data is only read from inside the model's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"model path is a directory, not an ONNX file: {path}")
+    try:
+        data = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        model = onnx.load_from_string(data)
+    except Exception as e:  # protobuf raises DecodeError, gzip raises BadGzipFile/EOFError …
+        raise ModelError(f"cannot read ONNX model {path.name}: not a valid ONNX file "
+                         f"({type(e).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"cannot read ONNX model {path.name}: the file holds no graph")
+    _load_external_data(model, path.parent)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    tensors = [t for t in _all_tensors(model.graph)
+               if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not tensors:
+        return
+    root = folder.resolve()
+    for t in tensors:
+        entry = {e.key: e.value for e in t.external_data}
+        target = (root / entry.get("location", "")).resolve()
+        if root not in target.parents:
+            raise ModelError(f"tensor {t.name!r} points to external data outside the model's "
+                             f"folder ({entry.get('location')!r}): refused")
+        if not target.is_file():
+            raise ModelError(f"tensor {t.name!r}: external data file {entry.get('location')!r} "
+                             f"is missing")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(root))
+    except Exception as e:
+        raise ModelError(f"cannot read external data of the model: {e}") from None
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+# --------------------------------------------------------------------------------------------
+# the walk
+# --------------------------------------------------------------------------------------------
+def load(path) -> Graph:
+    """Load an ONNX model (``.onnx`` or ``.onnx.gz``) as a float64 layer graph.
+
+    Raises ``ModelError`` with one line naming the problem — for unsupported models, every
+    unsupported op by type and node name."""
+    model = read_model(path)
+    graph = convert(model, name=Path(path).name)
+    graph.source = str(path)
+    graph.model_bytes = model.SerializeToString()
+    return graph
+
+
+def convert(model: onnx.ModelProto, name: str = "") -> Graph:
+    try:
+        return _Converter(model).run(name)
+    except (ModelError, RecursionError, MemoryError):
+        raise
+    except Exception as e:  # a malformed graph must never surface as a traceback
+        raise ModelError(f"malformed ONNX model: {type(e).__name__}: {e}".split("\n")[0]) from None
+
+
+class _Converter:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.values: dict[str, object] = {}      # ONNX name -> np.ndarray | Tensor | None (poisoned)
+        self.nodes: list[Node] = []
+        self.unsupported: list[str] = []
+
+    # -- set-up ----------------------------------------------------------------------------
+    def run(self, name: str) -> Graph:
+        g = self.graph
+        for t in g.initializer:
+            self.values[t.name] = numpy_helper.to_array(t)
+        inputs = [i for i in g.input if i.name not in self.values]
+        if len(inputs) != 1:
+            raise ModelError(f"the model must have exactly one input, it has {len(inputs)}: "
+                             f"{[i.name for i in inputs]}")
+        if not g.output:
+            raise ModelError("the model declares no output")
+        shape = self._input_shape(inputs[0])
+        self.nodes.append(Input((), shape, name=inputs[0].name, origin="input"))
+        self.values[inputs[0].name] = Tensor(0, shape)
+
+        for node in self._needed_nodes(g.output[0].name):
+            self._convert_node(node)
+        if self.unsupported:
+            raise ModelError("unsupported ONNX ops: " + ", ".join(dict.fromkeys(self.unsupported)))
+
+        out = self.values.get(g.output[0].name)
+        if not isinstance(out, Tensor):
+            raise ModelError(f"the output {g.output[0].name!r} does not depend on the input")
+        if out.node == 0:
+            self._linear([(out, sp.identity(out.size, format="csr"))], np.zeros(out.size),
+                         out.shape, "Identity", g.output[0].name)
+            out = Tensor(len(self.nodes) - 1, out.shape)
+        return simplify(Graph(self.nodes, output=out.node, name=name))
+
+    def _input_shape(self, value_info) -> tuple[int, ...]:
+        dims = value_info.type.tensor_type.shape.dim
+        if not dims:
+            raise ModelError(f"input {value_info.name!r} has no declared shape")
+        # symbolic or unknown dims (a batch dimension) are taken as 1: one sample at a time
+        return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
+
+    def _needed_nodes(self, output: str) -> list[onnx.NodeProto]:
+        """The nodes the output depends on, in file order (ONNX requires topological order)."""
+        producer = {o: n for n in self.graph.node for o in n.output if o}
+        needed, stack = set(), [output]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and id(node) not in needed:
+                needed.add(id(node))
+                stack.extend(i for i in node.input if i)
+        return [n for n in self.graph.node if id(n) in needed]
+
+    # -- one node --------------------------------------------------------------------------
+    def _convert_node(self, node: onnx.NodeProto) -> None:
+        label = f"{node.op_type} ({node.name or node.output[0]})"
+        missing = [i for i in node.input if i and i not in self.values]
+        if missing:
+            raise ModelError(f"node {label} reads {missing[0]!r}, which nothing produces")
+        args = [self.values[i] if i else None for i in node.input]
+        if any(a is None and i for a, i in zip(args, node.input)):   # downstream of an unsupported op
+            self._poison(node)
+            return
+        if node.domain not in ("", "ai.onnx"):
+            self.unsupported.append(f"{node.domain}.{label}")
+            self._poison(node)
+            return
+        try:
+            if not any(isinstance(a, Tensor) for a in args):
+                results = self._fold(node, args)
+            else:
+                converter = CONVERTERS.get(node.op_type)
+                if converter is None:
+                    raise Unsupported
+                results = converter(self, node, args, _attrs(node))
+        except Unsupported as e:
+            self.unsupported.append(label + (f": {e}" if str(e) else ""))
+            self._poison(node)
+            return
+        if not isinstance(results, (list, tuple)):
+            results = [results]
+        for name, value in zip(node.output, results):
+            if name:
+                self.values[name] = value
+
+    def _poison(self, node: onnx.NodeProto) -> None:
+        for o in node.output:
+            self.values[o] = None
+
+    def _fold(self, node: onnx.NodeProto, args: list) -> list[np.ndarray]:
+        """Evaluate a node whose inputs are all constants, under the model's opset."""
+        if node.op_type not in _FOLDABLE and node.op_type not in CONVERTERS:
+            raise Unsupported
+        names = [i for i in node.input if i]
+        g = helper.make_graph(
+            [node], "fold", [helper.make_tensor_value_info(i, 0, None) for i in names],
+            [helper.make_tensor_value_info(o, 0, None) for o in node.output if o])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        feeds = {i: a for i, a in zip(node.input, args) if i}
+        try:
+            return [np.asarray(r) for r in ReferenceEvaluator(m).run(None, feeds)]
+        except Exception as e:
+            raise ModelError(f"cannot evaluate constant node {node.op_type} "
+                             f"({node.name or node.output[0]}): {e}".split("\n")[0]) from None
+
+    # -- building graph nodes ----------------------------------------------------------------
+    def _linear(self, terms, bias, shape, origin, name, params=0) -> Tensor:
+        """Append ``y = sum A_k x_k + bias`` (``terms`` = [(Tensor, A)]) and return its tensor."""
+        by_node: dict[int, object] = {}
+        for t, A in terms:               # x + x: one matrix per distinct input
+            by_node[t.node] = A if t.node not in by_node else by_node[t.node] + A
+        mats = tuple(A if isinstance(A, np.ndarray) else sp.csr_array(A) for A in by_node.values())
+        bias = np.asarray(bias, np.float64).reshape(-1)
+        for A in mats:
+            vals = A if isinstance(A, np.ndarray) else A.data
+            if not np.all(np.isfinite(vals)):
+                raise ModelError(f"node {origin} ({name}) has NaN or infinite weights")
+        if not np.all(np.isfinite(bias)):
+            raise ModelError(f"node {origin} ({name}) has NaN or infinite weights")
+        self.nodes.append(Linear(tuple(by_node), tuple(shape), name=name, origin=origin,
+                                 params=params, mats=mats, bias=bias))
+        return Tensor(len(self.nodes) - 1, tuple(shape))
+
+    def _select(self, index: np.ndarray, fill: np.ndarray, sources: list[Tensor], origin, name):
+        """A tensor whose entries are picked from ``sources`` by a global ``index`` (entries
+        ``>= 0`` count through the sources in order) or are the constant ``fill`` where
+        ``index < 0``.  Pure reshapes of one source come back without a new node."""
+        shape = tuple(index.shape)
+        flat = index.reshape(-1)
+        if len(sources) == 1 and flat.size == sources[0].size and \
+                np.array_equal(flat, np.arange(flat.size)):
+            return Tensor(sources[0].node, shape)
+        fill = np.where(flat < 0, np.broadcast_to(fill, shape).reshape(-1), 0.0)
+        terms, offset = [], 0
+        for s in sources:
+            rows = np.nonzero((flat >= offset) & (flat < offset + s.size))[0]
+            if rows.size:
+                S = sp.csr_array((np.ones(rows.size), (rows, flat[rows] - offset)),
+                                 shape=(flat.size, s.size))
+                terms.append((s, S))
+            offset += s.size
+        if not terms:
+            raise Unsupported("the result does not depend on the input")
+        return self._linear(terms, fill, shape, origin, name)
+
+    def _relu(self, x: Tensor, name: str) -> Tensor:
+        self.nodes.append(Relu((x.node,), x.shape, name=name, origin="Relu"))
+        return Tensor(len(self.nodes) - 1, x.shape)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+# Constant-only ops the reference evaluator may fold (shape arithmetic PyTorch emits, and more).
+_FOLDABLE = {
+    "Shape", "Gather", "GatherElements", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast",
+    "CastLike", "Mod", "Range", "Reshape", "Constant", "ConstantOfShape", "Expand", "Equal",
+    "Where", "Transpose", "Identity", "Flatten", "Neg", "Floor", "Ceil", "Sqrt", "Pow", "Min",
+    "Max", "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceMean", "Not", "Less",
+    "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Size", "Tile", "Split", "Add",
+    "Sub", "Mul", "Div", "Abs", "Sign", "Pad", "Clip", "Relu", "Dropout", "Gemm", "MatMul",
+    "Exp", "Log", "Reciprocal", "Sum", "Mean", "NonZero", "ScatterND", "Trilu", "Einsum",
+}

@@ -1,0 +1,87 @@
+"""Graph passes run after loading: merge chains of affine nodes, drop dead nodes.
+
+Fewer Linear nodes means fewer solver variables and fewer back-substitution steps; a normalisation
+``Sub``/``Div`` before a ``Gemm`` or a ``BatchNormalization`` after a ``Conv`` disappears into its
+neighbour.  Merging is exact up to float64 rounding.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .graph import Graph, Input, Linear, Node
+
+
+def _nnz(A) -> int:
+    return A.size if isinstance(A, np.ndarray) else A.nnz
+
+
+def _product(A, B):
+    """``A @ B`` in the cheaper storage: dense unless the result is sparse enough to pay off."""
+    if isinstance(A, np.ndarray) or isinstance(B, np.ndarray):
+        P = A @ B
+        P = P if isinstance(P, np.ndarray) else np.asarray(P.toarray() if sp.issparse(P) else P)
+    else:
+        P = sp.csr_array(A @ B)
+        if P.nnz > 0.5 * P.shape[0] * P.shape[1]:
+            P = P.toarray()
+    return P
+
+
+def _merge(outer: Linear, k: int, inner: Linear):
+    """Substitute ``inner`` (input ``k`` of ``outer``) into ``outer``; ``None`` if it would grow."""
+    A = outer.mats[k]
+    terms = {}
+    for j, B in zip(inner.inputs, inner.mats):
+        terms[j] = _product(A, B)
+    if sum(_nnz(P) for P in terms.values()) > _nnz(A) + sum(_nnz(B) for B in inner.mats):
+        return None
+    for j, B in zip(outer.inputs, outer.mats):
+        if j != outer.inputs[k]:
+            terms[j] = terms[j] + B if j in terms else B
+    bias = outer.bias + A @ inner.bias
+    return Linear(tuple(terms), outer.shape, name=outer.name,
+                  origin=f"{inner.origin}+{outer.origin}", params=inner.params + outer.params,
+                  mats=tuple(np.asarray(P) if isinstance(P, np.ndarray) else sp.csr_array(P)
+                             for P in terms.values()), bias=np.asarray(bias, np.float64))
+
+
+def simplify(graph: Graph) -> Graph:
+    """Merge every Linear node whose only consumer is another Linear node into that consumer
+    (when the merged matrix is no larger than the two), then drop nodes the output does not use."""
+    nodes: list[Node] = list(graph.nodes)
+    changed = True
+    while changed:
+        changed = False
+        users = Graph(nodes, graph.output).consumers() if nodes else []
+        for i, n in enumerate(nodes):
+            if not isinstance(n, Linear):
+                continue
+            for k, j in enumerate(n.inputs):
+                inner = nodes[j]
+                if isinstance(inner, Linear) and users[j] == [i] and j != graph.output:
+                    merged = _merge(n, k, inner)
+                    if merged is not None:
+                        nodes[i] = merged
+                        changed = True
+                        break
+            if changed:
+                break
+    return _prune(nodes, graph.output, graph.name)
+
+
+def _prune(nodes: list[Node], output: int, name: str) -> Graph:
+    """Keep the input and the nodes the output depends on, renumbered in the same order."""
+    live = {0, output}
+    for i in range(output, -1, -1):
+        if i in live:
+            live.update(nodes[i].inputs)
+    order = sorted(live)
+    new_id = {old: new for new, old in enumerate(order)}
+    kept = []
+    for old in order:
+        n = nodes[old]
+        n.inputs = tuple(new_id[j] for j in n.inputs)
+        kept.append(n)
+    assert isinstance(kept[0], Input)
+    return Graph(kept, output=new_id[output], name=name)

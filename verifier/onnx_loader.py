@@ -1,6 +1,7 @@
 """ONNX → layer graph.
 
-The loader walks the ONNX nodes that the output depends on, in order, with every tensor either a
+The loader walks the ONNX nodes that the output depends on, in a topological order (nodes the
+output does not need are never looked at), with every tensor either a
 *constant* (a numpy array: weights and the shape arithmetic PyTorch emits) or a *computed* tensor
 (a node of the layer graph plus its ONNX shape, batch dimension fixed to 1).
 
@@ -10,11 +11,13 @@ The loader walks the ONNX nodes that the output depends on, in order, with every
   Ops that only move values around (Transpose, Slice, Gather, Pad, Concat, Split, Expand, …) are
   run on an *index tensor* (``arange`` in the computed tensor's shape), which turns the op into a
   selection matrix without a hand-written rule per op.
-- Every unsupported op is collected; the load then fails once, naming them all.
+- Every unsupported op is collected; the load then fails once, naming them all (also unsupported
+  op types downstream of another unsupported op).
 """
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,11 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .graph import Graph, Input, Linear, Node, Relu
-from .onnx_ops import CONVERTERS, Tensor, Unsupported
+from . import onnx_layers, onnx_ops
+from .onnx_ops import Tensor, Unsupported
 from .passes import simplify
+
+CONVERTERS = {**onnx_ops.CONVERTERS, **onnx_layers.CONVERTERS}
 
 
 class ModelError(ValueError):
@@ -36,14 +42,20 @@ class ModelError(ValueError):
 # reading the file
 # --------------------------------------------------------------------------------------------
 def read_model(path) -> onnx.ModelProto:
-    """Read ``.onnx`` or ``.onnx.gz``; external data is only read from inside the model's folder."""
+    """Read ``.onnx`` or gzip-compressed ``.onnx.gz``; external data is only read from inside the
+    model's folder (checked for every tensor, subgraphs included, before any of it is opened)."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelError(f"model path is a directory, not an ONNX file: {path}")
     try:
-        data = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
+    try:
+        if data[:2] == b"\x1f\x8b":                     # gzip magic, whatever the file is called
+            data = gzip.decompress(data)
         model = onnx.load_from_string(data)
     except Exception as e:  # protobuf raises DecodeError, gzip raises BadGzipFile/EOFError …
         raise ModelError(f"cannot read ONNX model {path.name}: not a valid ONNX file "
@@ -55,14 +67,14 @@ def read_model(path) -> onnx.ModelProto:
 
 
 def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
-    tensors = [t for t in _all_tensors(model.graph)
+    tensors = [t for t in _all_tensors(model)
                if t.data_location == onnx.TensorProto.EXTERNAL]
     if not tensors:
         return
     root = folder.resolve()
     for t in tensors:
         entry = {e.key: e.value for e in t.external_data}
-        target = (root / entry.get("location", "")).resolve()
+        target = (root / entry.get("location", "")).resolve()   # follows symlinks and ".."
         if root not in target.parents:
             raise ModelError(f"tensor {t.name!r} points to external data outside the model's "
                              f"folder ({entry.get('location')!r}): refused")
@@ -72,15 +84,31 @@ def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(root))
     except Exception as e:
-        raise ModelError(f"cannot read external data of the model: {e}") from None
+        raise ModelError(f"cannot read external data of the model: {e}".split("\n")[0]) from None
 
 
-def _all_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
+def _all_tensors(model: onnx.ModelProto):
+    """Every TensorProto of the model: initializers and tensor attributes, in subgraphs and
+    functions too (the set onnx's external-data loader walks)."""
+    graphs = [model.graph]
+    nodes = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            yield from g.initializer
+            for s in g.sparse_initializer:
+                yield from (s.values, s.indices)
+            nodes.extend(g.node)
+            continue
+        for attr in nodes.pop().attribute:
+            if attr.HasField("t"):
                 yield attr.t
+            yield from attr.tensors
+            for sparse in [attr.sparse_tensor] * attr.HasField("sparse_tensor"):
+                yield from (sparse.values, sparse.indices)
+            if attr.HasField("g"):
+                graphs.append(attr.g)
+            graphs.extend(attr.graphs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +127,7 @@ def load(path) -> Graph:
 
 
 def convert(model: onnx.ModelProto, name: str = "") -> Graph:
+    """Convert an in-memory ONNX model (external data already loaded) to a layer graph."""
     try:
         return _Converter(model).run(name)
     except (ModelError, RecursionError, MemoryError):
@@ -107,12 +136,22 @@ def convert(model: onnx.ModelProto, name: str = "") -> Graph:
         raise ModelError(f"malformed ONNX model: {type(e).__name__}: {e}".split("\n")[0]) from None
 
 
+class _Dead:
+    """The value of an output of an unsupported node; ``computed`` if it had a computed input."""
+    def __init__(self, computed: bool):
+        self.computed = computed
+
+
+_DEAD_COMPUTED, _DEAD_CONSTANT = _Dead(True), _Dead(False)
+
+
 class _Converter:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.graph = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        self.values: dict[str, object] = {}      # ONNX name -> np.ndarray | Tensor | None (poisoned)
+        self.opset = next((o.version for o in model.opset_import
+                           if o.domain in ("", "ai.onnx")), 13)
+        self.values: dict[str, object] = {}      # ONNX name -> np.ndarray | Tensor | _Dead
         self.nodes: list[Node] = []
         self.unsupported: list[str] = []
 
@@ -143,25 +182,50 @@ class _Converter:
             self._linear([(out, sp.identity(out.size, format="csr"))], np.zeros(out.size),
                          out.shape, "Identity", g.output[0].name)
             out = Tensor(len(self.nodes) - 1, out.shape)
+        # the output node reports the ONNX output shape (a final Reshape/Unsqueeze makes no node)
+        self.nodes[out.node] = replace(self.nodes[out.node], shape=out.shape)
         return simplify(Graph(self.nodes, output=out.node, name=name))
 
     def _input_shape(self, value_info) -> tuple[int, ...]:
-        dims = value_info.type.tensor_type.shape.dim
-        if not dims:
-            raise ModelError(f"input {value_info.name!r} has no declared shape")
-        # symbolic or unknown dims (a batch dimension) are taken as 1: one sample at a time
-        return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
+        t = value_info.type
+        if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+            raise ModelError(f"input {value_info.name!r} has no declared tensor shape")
+        shape = []
+        for k, d in enumerate(t.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif k == 0:        # a symbolic batch dimension: one sample at a time
+                shape.append(1)
+            else:
+                raise ModelError(f"input {value_info.name!r}: dimension {k} "
+                                 f"({d.dim_param or '?'}) has no fixed size; only the first "
+                                 f"(batch) dimension may be symbolic")
+        return tuple(shape)
 
     def _needed_nodes(self, output: str) -> list[onnx.NodeProto]:
-        """The nodes the output depends on, in file order (ONNX requires topological order)."""
+        """The nodes the output depends on, in a topological order (depth first from the
+        output, inputs in order), whatever order the file lists them in."""
         producer = {o: n for n in self.graph.node for o in n.output if o}
-        needed, stack = set(), [output]
+        order, state = [], {}                     # id(node) -> "open" | "done"
+        stack = [(producer[output], False)] if output in producer else []
         while stack:
-            node = producer.get(stack.pop())
-            if node is not None and id(node) not in needed:
-                needed.add(id(node))
-                stack.extend(i for i in node.input if i)
-        return [n for n in self.graph.node if id(n) in needed]
+            node, finished = stack.pop()
+            if finished:
+                state[id(node)] = "done"
+                order.append(node)
+                continue
+            if id(node) in state:
+                continue
+            state[id(node)] = "open"
+            stack.append((node, True))
+            for i in reversed(node.input):
+                p = producer.get(i) if i else None
+                if p is not None and state.get(id(p)) == "open":
+                    raise ModelError(f"the graph has a cycle through {p.op_type} "
+                                     f"({p.name or p.output[0]})")
+                if p is not None and id(p) not in state:
+                    stack.append((p, False))
+        return order
 
     # -- one node --------------------------------------------------------------------------
     def _convert_node(self, node: onnx.NodeProto) -> None:
@@ -170,39 +234,42 @@ class _Converter:
         if missing:
             raise ModelError(f"node {label} reads {missing[0]!r}, which nothing produces")
         args = [self.values[i] if i else None for i in node.input]
-        if any(a is None and i for a, i in zip(args, node.input)):   # downstream of an unsupported op
-            self._poison(node)
-            return
-        if node.domain not in ("", "ai.onnx"):
-            self.unsupported.append(f"{node.domain}.{label}")
-            self._poison(node)
+        computed = any(isinstance(a, Tensor) or (isinstance(a, _Dead) and a.computed)
+                       for a in args)
+        standard = node.domain in ("", "ai.onnx")
+        handled = CONVERTERS.keys() if computed else _FOLDABLE | CONVERTERS.keys()
+        known = standard and node.op_type in handled
+        if not known:
+            self.unsupported.append(label if standard else f"{node.domain}.{label}")
+        if not known or any(isinstance(a, _Dead) for a in args):   # or downstream of one
+            self._kill(node, computed)
             return
         try:
-            if not any(isinstance(a, Tensor) for a in args):
-                results = self._fold(node, args)
+            if computed:
+                results = CONVERTERS[node.op_type](self, node, args, _attrs(node))
             else:
-                converter = CONVERTERS.get(node.op_type)
-                if converter is None:
-                    raise Unsupported
-                results = converter(self, node, args, _attrs(node))
+                results = self._fold(node, args)
         except Unsupported as e:
             self.unsupported.append(label + (f": {e}" if str(e) else ""))
-            self._poison(node)
+            self._kill(node, computed)
             return
+        except (ModelError, RecursionError, MemoryError):
+            raise
+        except Exception as e:  # malformed node: name it
+            raise ModelError(f"cannot convert node {label}: {type(e).__name__}: {e}"
+                             .split("\n")[0]) from None
         if not isinstance(results, (list, tuple)):
             results = [results]
         for name, value in zip(node.output, results):
             if name:
                 self.values[name] = value
 
-    def _poison(self, node: onnx.NodeProto) -> None:
+    def _kill(self, node: onnx.NodeProto, computed: bool) -> None:
         for o in node.output:
-            self.values[o] = None
+            self.values[o] = _DEAD_COMPUTED if computed else _DEAD_CONSTANT
 
     def _fold(self, node: onnx.NodeProto, args: list) -> list[np.ndarray]:
         """Evaluate a node whose inputs are all constants, under the model's opset."""
-        if node.op_type not in _FOLDABLE and node.op_type not in CONVERTERS:
-            raise Unsupported
         names = [i for i in node.input if i]
         g = helper.make_graph(
             [node], "fold", [helper.make_tensor_value_info(i, 0, None) for i in names],
@@ -212,7 +279,7 @@ class _Converter:
         try:
             return [np.asarray(r) for r in ReferenceEvaluator(m).run(None, feeds)]
         except Exception as e:
-            raise ModelError(f"cannot evaluate constant node {node.op_type} "
+            raise ModelError(f"cannot evaluate node {node.op_type} "
                              f"({node.name or node.output[0]}): {e}".split("\n")[0]) from None
 
     # -- building graph nodes ----------------------------------------------------------------
@@ -223,15 +290,16 @@ class _Converter:
             by_node[t.node] = A if t.node not in by_node else by_node[t.node] + A
         mats = tuple(A if isinstance(A, np.ndarray) else sp.csr_array(A) for A in by_node.values())
         bias = np.asarray(bias, np.float64).reshape(-1)
-        for A in mats:
-            vals = A if isinstance(A, np.ndarray) else A.data
-            if not np.all(np.isfinite(vals)):
-                raise ModelError(f"node {origin} ({name}) has NaN or infinite weights")
-        if not np.all(np.isfinite(bias)):
-            raise ModelError(f"node {origin} ({name}) has NaN or infinite weights")
+        self._check_finite(origin, name, bias, *(A if isinstance(A, np.ndarray) else A.data
+                                                 for A in mats))
         self.nodes.append(Linear(tuple(by_node), tuple(shape), name=name, origin=origin,
                                  params=params, mats=mats, bias=bias))
         return Tensor(len(self.nodes) - 1, tuple(shape))
+
+    @staticmethod
+    def _check_finite(origin, name, *arrays) -> None:
+        if not all(np.all(np.isfinite(a)) for a in arrays if a is not None):
+            raise ModelError(f"node {origin} ({name}) has NaN or infinite weights")
 
     def _select(self, index: np.ndarray, fill: np.ndarray, sources: list[Tensor], origin, name):
         """A tensor whose entries are picked from ``sources`` by a global ``index`` (entries
@@ -251,8 +319,8 @@ class _Converter:
                                  shape=(flat.size, s.size))
                 terms.append((s, S))
             offset += s.size
-        if not terms:
-            raise Unsupported("the result does not depend on the input")
+        if not terms:             # e.g. an empty slice: the result is a constant
+            return fill.reshape(shape)
         return self._linear(terms, fill, shape, origin, name)
 
     def _relu(self, x: Tensor, name: str) -> Tensor:

@@ -1,9 +1,12 @@
-"""One converter per ONNX op type, for nodes with at least one computed input.
+"""One converter per ONNX op type, for nodes with at least one computed input: the ops that move
+values (run on an index tensor) and the elementwise affine ops.  Matrix products, convolution,
+pooling and batch normalisation are in ``onnx_layers.py``.
 
 Each converter gets the loader (``cv``), the ONNX node, its argument values (``np.ndarray`` for
 constants, ``Tensor`` for computed tensors, ``None`` for omitted optional inputs) and its
 attributes, and returns the output value(s).  It raises ``Unsupported`` for a usage the layer graph
-cannot represent (e.g. the product of two computed tensors).
+cannot represent (e.g. the product of two computed tensors); a converter never returns a node that
+computes something other than the ONNX op on every input.
 """
 from __future__ import annotations
 
@@ -11,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-
-from .graph import MaxPool
+from onnx import TensorProto
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,15 @@ def _params(*arrays) -> int:
     return int(sum(np.asarray(a).size for a in arrays if isinstance(a, np.ndarray)))
 
 
+def _only_data_computed(args):
+    if not isinstance(args[0], Tensor) or any(isinstance(a, Tensor) for a in args[1:]):
+        raise Unsupported("only the data input may be computed")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 # --------------------------------------------------------------------------------------------
 # ops that only move values: run them on an index tensor
 # --------------------------------------------------------------------------------------------
@@ -54,33 +65,50 @@ def _run_on_index(cv, node, args):
 
 
 def index_op(cv, node, args, attrs):
-    if sum(isinstance(a, Tensor) for a in args) != 1 or not isinstance(args[0], Tensor):
-        raise Unsupported("only the data input may be computed")
+    _only_data_computed(args)
     src, outs = _run_on_index(cv, node, args)
     return [cv._select(o.astype(np.int64), 0.0, [src], node.op_type, _name(node)) for o in outs]
 
 
+# value-preserving element types a Cast may go to (a cast to an integer or a narrower float
+# rounds, which the float64 graph cannot represent)
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE}
+
+
 def alias(cv, node, args, attrs):
     """Ops that keep the values and change at most the shape (Reshape, Flatten, …)."""
-    if not isinstance(args[0], Tensor) or any(isinstance(a, Tensor) for a in args[1:]):
-        raise Unsupported("only the data input may be computed")
+    _only_data_computed(args)
     x = args[0]
-    if node.op_type in ("Identity", "Dropout", "Cast", "CastLike"):
-        return Tensor(x.node, x.shape) if node.op_type != "Dropout" else \
-            [Tensor(x.node, x.shape), np.ones(x.shape, bool)]
+    if node.op_type == "Cast" and attrs.get("to") not in _FLOAT_TYPES:
+        raise Unsupported(f"cast to {TensorProto.DataType.Name(attrs.get('to', 0))}")
+    if node.op_type == "CastLike" and args[1].dtype not in (np.float32, np.float64):
+        raise Unsupported(f"cast to {args[1].dtype}")
+    if node.op_type == "Dropout":
+        if len(args) > 2 and args[2] is not None and bool(np.asarray(args[2]).reshape(-1)[0]):
+            raise Unsupported("training mode")
+        return [Tensor(x.node, x.shape), np.ones(x.shape, bool)]
+    if node.op_type in ("Identity", "Cast", "CastLike"):
+        return Tensor(x.node, x.shape)
     _, (out,) = _run_on_index(cv, node, [x] + args[1:])
     if out.size != x.size:
         raise Unsupported(f"reshape of {x.size} values into {out.size}")
     return Tensor(x.node, tuple(out.shape))
 
 
-def pad(cv, node, args, attrs):
+def shape_of(cv, node, args, attrs):
+    """Shape and Size of a computed tensor are constants (batch dimension 1)."""
     x = args[0]
-    if not isinstance(x, Tensor) or any(isinstance(a, Tensor) for a in args[1:]):
-        raise Unsupported("only the data input may be computed")
-    mode = attrs.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
+    return cv._fold(node, [np.broadcast_to(np.float32(0), x.shape)])
+
+
+_PAD_MODES = {"constant": "constant", "edge": "edge", "reflect": "reflect", "wrap": "wrap"}
+
+
+def pad(cv, node, args, attrs):
+    _only_data_computed(args)
+    x = args[0]
+    mode = _text(attrs.get("mode", "constant"))
+    if mode not in _PAD_MODES:
         raise Unsupported(f"mode {mode!r}")
     if cv.opset < 11:
         pads, value, axes = list(attrs["pads"]), float(attrs.get("value", 0.0)), None
@@ -91,12 +119,22 @@ def pad(cv, node, args, attrs):
         axes = [int(a) for a in args[3]] if len(args) > 3 and args[3] is not None else None
     rank = len(x.shape)
     axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise ValueError(f"{len(pads)} pads for {len(axes)} axes")
     widths = [(0, 0)] * rank
     for k, a in enumerate(axes):
         widths[a] = (pads[k], pads[k + len(axes)])
-    if any(lo < 0 or hi < 0 for lo, hi in widths):
-        raise Unsupported("negative pads")
-    index = np.pad(_index(x), widths, constant_values=-1)
+    index = _index(x)
+    if any(lo < 0 or hi < 0 for lo, hi in widths):      # negative pads crop
+        if mode != "constant":
+            raise Unsupported(f"negative pads in mode {mode!r}")
+        index = index[tuple(slice(max(-lo, 0), n - max(-hi, 0))
+                            for (lo, hi), n in zip(widths, x.shape))]
+        widths = [(max(lo, 0), max(hi, 0)) for lo, hi in widths]
+    if mode == "constant":
+        index = np.pad(index, widths, constant_values=-1)
+    else:
+        index = np.pad(index, widths, mode=_PAD_MODES[mode])
     return cv._select(index, value, [x], "Pad", _name(node))
 
 
@@ -121,41 +159,49 @@ def concat(cv, node, args, attrs):
 # --------------------------------------------------------------------------------------------
 # elementwise affine ops
 # --------------------------------------------------------------------------------------------
+def _shape(v):
+    return v.shape if isinstance(v, (Tensor, np.ndarray)) else np.shape(v)
+
+
 def _broadcast_select(x: Tensor, shape) -> sp.csr_array:
     """Matrix taking ``x`` to its broadcast to ``shape``."""
     idx = np.broadcast_to(_index(x), shape).reshape(-1)
     return sp.csr_array((np.ones(idx.size), (np.arange(idx.size), idx)), shape=(idx.size, x.size))
 
 
+def _combine(cv, node, args, coefs):
+    """``sum_k coefs[k] * args[k]`` with numpy broadcasting, computed and constant arguments."""
+    shape = tuple(np.broadcast_shapes(*(_shape(a) for a in args)))
+    terms, bias = [], np.zeros(shape)
+    for a, c in zip(args, coefs):
+        if isinstance(a, Tensor):
+            terms.append((a, c * _broadcast_select(a, shape)))
+        else:
+            bias = bias + c * np.asarray(a, np.float64)
+    return cv._linear(terms, bias.reshape(-1), shape, node.op_type, _name(node),
+                      params=_params(*args))
+
+
 def arith(cv, node, args, attrs):
     op = node.op_type
     a, b = args
-    shape = tuple(np.broadcast_shapes(_shape(a), _shape(b)))
+    if op in ("Add", "Sub"):
+        return _combine(cv, node, args, [1.0, 1.0 if op == "Add" else -1.0])
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        if op not in ("Add", "Sub"):
-            raise Unsupported("product or quotient of two computed tensors")
-        sign = 1.0 if op == "Add" else -1.0
-        return cv._linear([(a, _broadcast_select(a, shape)), (b, sign * _broadcast_select(b, shape))],
-                          np.zeros(int(np.prod(shape))), shape, op, _name(node))
-    x, c, x_first = (a, b, True) if isinstance(a, Tensor) else (b, a, False)
+        raise Unsupported("product or quotient of two computed tensors")
+    if op == "Div" and isinstance(b, Tensor):
+        raise Unsupported("division by a computed tensor")
+    x, c = (a, b) if isinstance(a, Tensor) else (b, a)
+    shape = tuple(np.broadcast_shapes(_shape(a), _shape(b)))
     c = np.broadcast_to(np.asarray(c, np.float64), shape).reshape(-1)
-    S = _broadcast_select(x, shape)
-    zero = np.zeros(c.size)
-    if op == "Add":
-        terms, bias = [(x, S)], c
-    elif op == "Sub":
-        terms, bias = ([(x, S)], -c) if x_first else ([(x, -S)], c)
-    elif op == "Mul":
-        terms, bias = [(x, sp.diags_array(c) @ S)], zero
-    elif op == "Div":
-        if not x_first:
-            raise Unsupported("division by a computed tensor")
-        terms, bias = [(x, sp.diags_array(1.0 / c) @ S)], zero
-    return cv._linear(terms, bias, shape, op, _name(node), params=_params(args[0 if not x_first else 1]))
+    scale = c if op == "Mul" else 1.0 / c
+    return cv._linear([(x, sp.diags_array(scale) @ _broadcast_select(x, shape))], np.zeros(c.size),
+                      shape, op, _name(node), params=_params(*args))
 
 
-def _shape(v):
-    return v.shape if isinstance(v, (Tensor, np.ndarray)) else np.shape(v)
+def sum_mean(cv, node, args, attrs):
+    coef = 1.0 if node.op_type == "Sum" else 1.0 / len(args)
+    return _combine(cv, node, args, [coef] * len(args))
 
 
 def neg(cv, node, args, attrs):
@@ -164,223 +210,17 @@ def neg(cv, node, args, attrs):
                       "Neg", _name(node))
 
 
-def batchnorm(cv, node, args, attrs):
-    x, scale, bias, mean, var = args[:5]
-    if any(isinstance(a, Tensor) for a in args[1:]):
-        raise Unsupported("computed statistics")
-    if attrs.get("training_mode", 0):
-        raise Unsupported("training mode")
-    eps = attrs.get("epsilon", 1e-5)
-    g = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
-    per_channel = (-1,) + (1,) * (len(x.shape) - 2)        # channels are axis 1
-    a = np.broadcast_to(g.reshape(per_channel), x.shape[1:]).reshape(-1)
-    b = np.broadcast_to((bias - mean * g).reshape(per_channel), x.shape[1:]).reshape(-1)
-    n = x.shape[0]
-    return cv._linear([(x, sp.diags_array(np.tile(a, n)))], np.tile(b, n), x.shape,
-                      "BatchNormalization", _name(node), params=_params(*args[1:5]))
-
-
-# --------------------------------------------------------------------------------------------
-# matrix products
-# --------------------------------------------------------------------------------------------
-def _kron_eye(L: int, M):
-    """``kron(I_L, M)``; dense ``M`` itself when ``L == 1``."""
-    return M if L == 1 else sp.kron(sp.identity(L, format="csr"), sp.csr_array(M), format="csr")
-
-
-def _matmul(cv, a, b, origin, name, params):
-    """``a @ b`` with exactly one computed side, as a Linear node (no bias yet)."""
-    if isinstance(a, Tensor) and not isinstance(b, Tensor):
-        W = np.asarray(b, np.float64)
-        if W.ndim > 2:
-            raise Unsupported("product with a batched constant")
-        n = a.shape[-1]
-        lead = a.shape[:-1]
-        Wm = W.reshape(n, -1)
-        out_shape = lead + (W.shape[1],) if W.ndim == 2 else lead
-        return out_shape, [(a, _kron_eye(int(np.prod(lead, dtype=np.int64)), Wm.T))]
-    if isinstance(b, Tensor) and not isinstance(a, Tensor):
-        W = np.asarray(a, np.float64)
-        if W.ndim != 2:
-            raise Unsupported("product with a batched constant")
-        if len(b.shape) == 1:
-            return (W.shape[0],), [(b, W)]
-        lead, (n, k) = b.shape[:-2], b.shape[-2:]
-        M = W if k == 1 else sp.kron(sp.csr_array(W), sp.identity(k, format="csr"), format="csr")
-        return lead + (W.shape[0], k), [(b, _kron_eye(int(np.prod(lead, dtype=np.int64)), M))]
-    raise Unsupported("product of two computed tensors")
-
-
-def matmul(cv, node, args, attrs):
-    shape, terms = _matmul(cv, args[0], args[1], "MatMul", _name(node), 0)
-    return cv._linear(terms, np.zeros(int(np.prod(shape))), shape, "MatMul", _name(node),
-                      params=_params(*args))
-
-
-def gemm(cv, node, args, attrs):
-    a, b = args[0], args[1]
-    c = args[2] if len(args) > 2 else None
-    if isinstance(c, Tensor):
-        raise Unsupported("computed C input")
-    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
-
-    def transpose(v):
-        return v.T if isinstance(v, np.ndarray) else \
-            cv._select(_index(v).T, 0.0, [v], "Transpose", _name(node))
-    if attrs.get("transA", 0):
-        a = transpose(a)
-    if attrs.get("transB", 0):
-        b = transpose(b)
-    shape, terms = _matmul(cv, a, b, "Gemm", _name(node), 0)
-    bias = np.zeros(shape) if c is None else beta * np.broadcast_to(c.astype(np.float64), shape)
-    terms = [(t, alpha * A) for t, A in terms]
-    return cv._linear(terms, bias.reshape(-1), shape, "Gemm", _name(node), params=_params(*args))
-
-
-# --------------------------------------------------------------------------------------------
-# convolution and pooling: index arithmetic on (N=1, C, spatial...) tensors
-# --------------------------------------------------------------------------------------------
-def _spatial_geometry(in_sizes, kernel, attrs, ceil_mode=False):
-    """Per spatial axis: output size and the input coordinate of every (output, tap) pair
-    (out of range coordinates mark padding)."""
-    nd = len(in_sizes)
-    strides = list(attrs.get("strides", [1] * nd))
-    dil = list(attrs.get("dilations", [1] * nd))
-    auto = attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    pads = list(attrs.get("pads", [0] * (2 * nd)))
-    outs, coords = [], []
-    for ax in range(nd):
-        n, k, s, d = in_sizes[ax], kernel[ax], strides[ax], dil[ax]
-        ext = d * (k - 1) + 1
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            out = -(-n // s)
-            total = max((out - 1) * s + ext - n, 0)
-            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            hi = total - lo
-        elif auto == "VALID":
-            lo = hi = 0
-            out = (n - ext) // s + 1
-        else:
-            lo, hi = pads[ax], pads[ax + nd]
-            span = n + lo + hi - ext
-            out = (-(-span // s) if ceil_mode else span // s) + 1
-            if ceil_mode and (out - 1) * s >= n + lo:   # last window would start in the padding
-                out -= 1
-        if out <= 0:
-            raise Unsupported(f"kernel larger than the padded input on axis {ax}")
-        outs.append(out)
-        coords.append(np.arange(out)[:, None] * s - lo + np.arange(k)[None, :] * d)
-    return outs, coords
-
-
-def _window_index(in_sizes, kernel, attrs, ceil_mode=False, pad_limit=None):
-    """For one channel: ``(prod(out), prod(kernel))`` flat spatial input indices, ``-1`` where the
-    tap falls outside the input."""
-    outs, coords = _spatial_geometry(in_sizes, kernel, attrs, ceil_mode)
-    nd = len(in_sizes)
-    flat = np.zeros([1] * (2 * nd), np.int64)
-    valid = np.ones([1] * (2 * nd), bool)
-    for ax in range(nd):
-        shape = [1] * (2 * nd)
-        shape[ax], shape[nd + ax] = outs[ax], kernel[ax]
-        c = coords[ax].reshape(shape)
-        valid = valid & (c >= 0) & (c < in_sizes[ax])
-        flat = flat * in_sizes[ax] + np.clip(c, 0, in_sizes[ax] - 1)
-    flat = np.where(valid, flat, -1)
-    return outs, flat.reshape(int(np.prod(outs)), int(np.prod(kernel)))
-
-
-def conv(cv, node, args, attrs):
-    x, w = args[0], args[1]
-    b = args[2] if len(args) > 2 else None
-    if not isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(b, Tensor):
-        raise Unsupported("computed weights")
-    if len(x.shape) < 3 or x.shape[0] != 1:
-        raise Unsupported(f"input shape {list(x.shape)}")
-    w = w.astype(np.float64)
-    C, spatial = x.shape[1], x.shape[2:]
-    M, Cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
-    groups = attrs.get("group", 1)
-    if Cg * groups != C or M % groups:
-        raise Unsupported("channels do not match the groups")
-    outs, win = _window_index(spatial, kernel, attrs)
-    P, K = win.shape                                  # output positions, taps per channel
-    S = int(np.prod(spatial))
-    m = np.arange(M)[:, None, None, None]             # (M, 1, 1, 1)
-    c = np.arange(Cg)[None, None, :, None]            # (1, 1, Cg, 1)
-    ch = (m // (M // groups)) * Cg + c                # input channel of (m, c)
-    pos = np.arange(P)[None, :, None, None]
-    cols_sp = win[None, :, None, :]                   # (1, P, 1, K)
-    rows = np.broadcast_to(m * P + pos, (M, P, Cg, K))
-    cols = np.broadcast_to(ch * S + cols_sp, (M, P, Cg, K))
-    vals = np.broadcast_to(w.reshape(M, 1, Cg, K), (M, P, Cg, K))
-    keep = np.broadcast_to(cols_sp >= 0, (M, P, Cg, K)) & (vals != 0)
-    A = sp.csr_array((vals[keep], (rows[keep], cols[keep])), shape=(M * P, C * S))
-    bias = np.zeros(M * P) if b is None else np.repeat(b.astype(np.float64), P)
-    return cv._linear([(x, A)], bias, (1, M) + tuple(outs), "Conv", _name(node),
-                      params=_params(w, b))
-
-
-def _pool_windows(cv, node, x, attrs, global_pool):
-    if len(x.shape) < 3 or x.shape[0] != 1:
-        raise Unsupported(f"input shape {list(x.shape)}")
-    C, spatial = x.shape[1], x.shape[2:]
-    kernel = list(spatial) if global_pool else list(attrs["kernel_shape"])
-    if global_pool:
-        attrs = {}
-    outs, win = _window_index(spatial, kernel, attrs, bool(attrs.get("ceil_mode", 0)))
-    S = int(np.prod(spatial))
-    full = np.where(win[None] >= 0, win[None] + (np.arange(C) * S)[:, None, None], -1)
-    return (1, C) + tuple(outs), full.reshape(-1, win.shape[1]), kernel
-
-
-def maxpool(cv, node, args, attrs):
-    if len([o for o in node.output if o]) > 1:
-        raise Unsupported("the Indices output")
-    shape, windows, _ = _pool_windows(cv, node, args[0], attrs, node.op_type == "GlobalMaxPool")
-    cv.nodes.append(MaxPool((args[0].node,), shape, name=_name(node), origin=node.op_type,
-                            windows=windows))
-    return Tensor(len(cv.nodes) - 1, shape)
-
-
-def avgpool(cv, node, args, attrs):
-    x = args[0]
-    shape, windows, kernel = _pool_windows(cv, node, x, attrs, node.op_type == "GlobalAveragePool")
-    valid = windows >= 0
-    if attrs.get("count_include_pad", 0):
-        # padded taps count in the divisor (taps beyond the padding, from ceil_mode, do not)
-        outs, coords = _spatial_geometry(x.shape[2:], kernel, attrs, bool(attrs.get("ceil_mode", 0)))
-        pads = list(attrs.get("pads", [0] * (2 * len(kernel))))
-        counts = np.ones(1)
-        for ax, c in enumerate(coords):
-            n = x.shape[2 + ax]
-            inside = ((c >= -pads[ax]) & (c < n + pads[ax + len(kernel)])).sum(axis=1)
-            counts = np.multiply.outer(counts, inside)
-        divisor = np.tile(counts.reshape(-1), x.shape[1])
-    else:
-        divisor = valid.sum(axis=1)
-    rows = np.broadcast_to(np.arange(windows.shape[0])[:, None], windows.shape)
-    vals = np.broadcast_to((1.0 / divisor)[:, None], windows.shape)
-    A = sp.csr_array((vals[valid], (rows[valid], windows[valid])),
-                     shape=(windows.shape[0], x.size))
-    return cv._linear([(x, A)], np.zeros(windows.shape[0]), shape, node.op_type, _name(node))
-
-
 def relu(cv, node, args, attrs):
     return cv._relu(args[0], _name(node))
 
 
 CONVERTERS = {
     "Relu": relu,
-    "Gemm": gemm, "MatMul": matmul,
     "Add": arith, "Sub": arith, "Mul": arith, "Div": arith, "Neg": neg,
-    "BatchNormalization": batchnorm,
-    "Conv": conv,
-    "MaxPool": maxpool, "GlobalMaxPool": maxpool,
-    "AveragePool": avgpool, "GlobalAveragePool": avgpool,
+    "Sum": sum_mean, "Mean": sum_mean,
     "Reshape": alias, "Flatten": alias, "Squeeze": alias, "Unsqueeze": alias,
     "Identity": alias, "Dropout": alias, "Cast": alias, "CastLike": alias,
+    "Shape": shape_of, "Size": shape_of,
     "Transpose": index_op, "Slice": index_op, "Gather": index_op, "Split": index_op,
     "Expand": index_op, "Tile": index_op, "DepthToSpace": index_op, "SpaceToDepth": index_op,
     "Pad": pad, "Concat": concat,

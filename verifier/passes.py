@@ -6,6 +6,8 @@ neighbour.  Merging is exact up to float64 rounding.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -48,40 +50,43 @@ def _merge(outer: Linear, k: int, inner: Linear):
 
 def simplify(graph: Graph) -> Graph:
     """Merge every Linear node whose only consumer is another Linear node into that consumer
-    (when the merged matrix is no larger than the two), then drop nodes the output does not use."""
-    nodes: list[Node] = list(graph.nodes)
-    changed = True
-    while changed:
-        changed = False
-        users = Graph(nodes, graph.output).consumers() if nodes else []
-        for i, n in enumerate(nodes):
-            if not isinstance(n, Linear):
-                continue
+    (when the merged matrices are no larger than the two), then drop nodes the output does not
+    use.  Returns a new graph computing the same function; ``graph`` itself is left unchanged."""
+    nodes: list[Node | None] = list(graph.nodes)
+    users: list[set[int]] = [set() for _ in nodes]
+    for i, n in enumerate(nodes):
+        for j in n.inputs:
+            users[j].add(i)
+    i = 0
+    while i < len(nodes):          # after a merge, look at node i again: it has new inputs
+        n = nodes[i]
+        merged = False
+        if isinstance(n, Linear):
             for k, j in enumerate(n.inputs):
                 inner = nodes[j]
-                if isinstance(inner, Linear) and users[j] == [i] and j != graph.output:
-                    merged = _merge(n, k, inner)
-                    if merged is not None:
-                        nodes[i] = merged
-                        changed = True
+                if isinstance(inner, Linear) and users[j] == {i} and j != graph.output:
+                    m = _merge(n, k, inner)
+                    if m is not None:
+                        nodes[i], nodes[j], users[j] = m, None, set()
+                        for p in inner.inputs:
+                            users[p].discard(j)
+                            users[p].add(i)
+                        merged = True
                         break
-            if changed:
-                break
+        i += not merged
     return _prune(nodes, graph.output, graph.name)
 
 
-def _prune(nodes: list[Node], output: int, name: str) -> Graph:
-    """Keep the input and the nodes the output depends on, renumbered in the same order."""
+def _prune(nodes: list[Node | None], output: int, name: str) -> Graph:
+    """Keep the input and the nodes the output depends on, renumbered in the same order (new
+    node objects: the nodes handed in are not modified)."""
     live = {0, output}
     for i in range(output, -1, -1):
         if i in live:
             live.update(nodes[i].inputs)
     order = sorted(live)
     new_id = {old: new for new, old in enumerate(order)}
-    kept = []
-    for old in order:
-        n = nodes[old]
-        n.inputs = tuple(new_id[j] for j in n.inputs)
-        kept.append(n)
+    kept = [replace(nodes[old], inputs=tuple(new_id[j] for j in nodes[old].inputs))
+            for old in order]
     assert isinstance(kept[0], Input)
     return Graph(kept, output=new_id[output], name=name)

@@ -1,0 +1,38 @@
+"""Outward rounding for bound computations in float64.
+
+The error model (Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 3): with unit roundoff
+``u = 2**-53``, any floating-point evaluation of a sum of ``n`` products ``sum_i a_i x_i`` — in any
+summation order, with or without FMA, blocked as BLAS does — differs from the exact sum by at most
+``gamma(n) * sum_i |a_i| |x_i|`` plus an absolute underflow term below ``n * 2**-1074``.  Every rule
+in this package turns such an error into an explicit nonnegative slack that is subtracted from a lower
+bound (added to an upper bound), so the bounds hold for the exact real-arithmetic network *and* for
+the network evaluated in float64 (``Graph.forward``), whose Linear outputs deviate from the exact ones
+by at most the same kind of term.  Slacks are themselves sums of nonnegative terms computed in float;
+their own relative error is below ``gamma(n)`` and is covered by the 1.01 factor in ``gamma``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+U = 2.0 ** -53                     # unit roundoff of float64 (round to nearest)
+TINY = 1e-300                      # per-operation allowance for gradual underflow (>> 2**-1074)
+
+
+def gamma(n: int) -> float:
+    """An upper bound on the relative error of an ``n``-term dot product, with a safety factor."""
+    k = (int(n) + 3) * U
+    return 1.01 * k / (1.0 - k)
+
+
+def down(x):
+    """The next float below ``x``: below the exact value of whatever rounded-to-nearest result ``x`` is."""
+    return np.nextafter(x, -np.inf)
+
+
+def up(x):
+    return np.nextafter(x, np.inf)
+
+
+def absmax(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``max |v|`` over the interval (exact in float)."""
+    return np.maximum(np.abs(lower), np.abs(upper))

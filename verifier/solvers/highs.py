@@ -1,0 +1,194 @@
+"""HiGHS back end: the only module that imports highspy to solve the encoded MILP / LP.
+
+Option choices (all explicit in ``_OPTIONS``; measured on the mnist_fc 256x2/4/6 models):
+
+- ``threads = 1``: HiGHS's thread pool is per process; one process per core scales better.  A
+  solve asking for another thread count than the running pool fails in HiGHS; we then restart
+  the pool (``resetGlobalScheduler``) and retry once.
+- ``presolve_rule_off = 16384`` (Sparsify off): on dense big-M models the Sparsify presolve rule
+  ran 4–12 s past a 2 s ``time_limit`` (256x4: 4.4 s of presolve → 0.23 s without it, removing 0 %
+  of nonzeros either way).  Presolve itself stays on: it shrinks the 256x2 model from 205 k to
+  10 k nonzeros, and without it the root node alone used 20 s.
+- ``small_matrix_value = 1e-12`` (its minimum): entries below it are dropped; the default 1e-9
+  would silently change the network's weights.
+- ``mip_rel_gap`` / ``mip_abs_gap`` only matter when the value (not just the sign) is wanted.
+- Time: ``time_limit`` is passed to HiGHS and also enforced by the MIP interrupt callback on the
+  wall clock; ``isolate=True`` runs the solve in a child process killed at the limit (+ grace), the
+  only hard guarantee when some phase (presolve) does not look at the clock.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import numpy as np
+
+from . import SolveResult, lp_dual_bound
+
+_OPTIONS = {
+    "output_flag": False,
+    "threads": 1,
+    "random_seed": 0,
+    "presolve_rule_off": 16384,
+    "small_matrix_value": 1e-12,
+}
+
+
+def _status_table():
+    import highspy
+    S = highspy.HighsModelStatus
+    return {
+        S.kOptimal: "optimal", S.kInfeasible: "infeasible",
+        S.kTimeLimit: "time_limit", S.kInterrupt: "interrupted", S.kHighsInterrupt: "interrupted",
+        S.kObjectiveBound: "cutoff", S.kObjectiveTarget: "target", S.kSolutionLimit: "limit",
+        S.kIterationLimit: "limit", S.kMemoryLimit: "error", S.kUnbounded: "unbounded",
+        S.kUnboundedOrInfeasible: "infeasible_or_unbounded", S.kModelEmpty: "optimal",
+        S.kUnknown: "unknown", S.kNotset: "error", S.kLoadError: "error", S.kModelError: "error",
+        S.kPresolveError: "error", S.kSolveError: "error", S.kPostsolveError: "error",
+    }
+
+
+def solve(model, *, time_limit: float | None = None, start: np.ndarray | None = None,
+          cutoff: float | None = None, stop_above: float | None = None,
+          stop_below: float | None = None, mip_rel_gap: float = 1e-4, mip_abs_gap: float = 1e-6,
+          threads: int = 1, options: dict | None = None, isolate: bool = False,
+          grace: float = 2.0) -> SolveResult:
+    """Minimise ``model`` with HiGHS.
+
+    ``cutoff``: search only for objective values below it (HiGHS ``objective_bound``); status
+    ``cutoff`` then means "no point below the cutoff" (``dual_bound`` = the cutoff; ``x`` may hold
+    a point above it); otherwise ``dual_bound`` is at most the cutoff.
+    ``stop_above`` / ``stop_below``: interrupt once the dual bound exceeds / an incumbent falls
+    below the value (the sign of a margin is decided).  ``start``: full column vector, a MIP start.
+    ``dual_bound`` is the solver's claim (a lower bound up to its tolerances), never the incumbent.
+    """
+    kw = dict(time_limit=time_limit, start=start, cutoff=cutoff, stop_above=stop_above,
+              stop_below=stop_below, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap,
+              threads=threads, options=options)
+    if not isolate:
+        return _solve(model, **kw)
+    return _solve_isolated(model, kw, grace)
+
+
+def _solve(model, *, time_limit, start, cutoff, stop_above, stop_below, mip_rel_gap, mip_abs_gap,
+           threads, options) -> SolveResult:
+    import highspy
+    t0 = time.perf_counter()
+    h = highspy.Highs()
+    opts = dict(_OPTIONS, threads=int(threads), mip_rel_gap=float(mip_rel_gap),
+                mip_abs_gap=float(mip_abs_gap))
+    if time_limit is not None:
+        opts["time_limit"] = max(float(time_limit), 0.0)
+    if cutoff is not None:
+        opts["objective_bound"] = float(cutoff)
+    opts.update(options or {})
+    for k, v in opts.items():
+        if h.setOptionValue(k, v) == highspy.HighsStatus.kError:
+            raise ValueError(f"HiGHS rejected option {k}={v!r}")
+    A = model.A.tocsc()
+    st = h.passModel(model.n_cols, model.n_rows, int(A.nnz), 1, 1, float(model.offset),
+                     np.ascontiguousarray(model.c, np.float64), model.lb, model.ub, model.rl,
+                     model.ru, A.indptr.astype(np.int32), A.indices.astype(np.int32),
+                     A.data.astype(np.float64), model.integrality.astype(np.int32))
+    if st == highspy.HighsStatus.kError:
+        return SolveResult("error", None, -np.inf, None, 0, np.inf,
+                           time.perf_counter() - t0, "HiGHS rejected the model")
+    is_mip = bool(model.integrality.any())
+    if start is not None and is_mip:
+        sol = highspy.HighsSolution()
+        sol.col_value = np.asarray(start, np.float64).tolist()
+        sol.value_valid = True
+        h.setSolution(sol)
+
+    seen = {"dual": -np.inf, "why": ""}
+
+    def on_interrupt(e):
+        d = e.data_out
+        if np.isfinite(d.mip_dual_bound):
+            seen["dual"] = max(seen["dual"], d.mip_dual_bound)
+        if stop_above is not None and d.mip_dual_bound > stop_above:
+            seen["why"] = "dual bound above stop"
+            e.interrupt()
+        elif stop_below is not None and d.mip_primal_bound < stop_below:
+            seen["why"] = "incumbent below stop"
+            e.interrupt()
+        elif time_limit is not None and time.perf_counter() - t0 > time_limit:
+            seen["why"] = "wall clock"
+            e.interrupt()
+
+    if is_mip:
+        h.cbMipInterrupt.subscribe(on_interrupt)
+    if (h.run() == highspy.HighsStatus.kError
+            and h.getModelStatus() == highspy.HighsModelStatus.kNotset):
+        # HiGHS refuses to run when its process-wide scheduler was started (by any earlier solve,
+        # ours or another module's) with a different thread count: restart it once and retry
+        highspy.Highs.resetGlobalScheduler(True)
+        h.run()
+    status = _status_table().get(h.getModelStatus(), "error")
+    if status == "interrupted" and seen["why"] == "wall clock":
+        status = "time_limit"
+    info = h.getInfo()
+    x = None
+    if info.primal_solution_status == 2:           # kSolutionStatusFeasible
+        x = np.array(h.getSolution().col_value)
+    obj = float(info.objective_function_value) if x is not None else None
+    if is_mip:
+        dual = float(info.mip_dual_bound)
+        if not np.isfinite(dual) and np.isfinite(seen["dual"]) and status != "optimal":
+            dual = seen["dual"]                     # e.g. a cutoff run reports -inf at the end
+        nodes, gap = int(info.mip_node_count), float(info.mip_gap)
+    else:
+        # an LP objective is not a proof: rebuild a sound bound from the row duals (valid for any
+        # duals, so also after dual simplex stopped at the cutoff; no clamping needed)
+        sol = h.getSolution()
+        dual = lp_dual_bound(model, np.array(sol.row_dual)) if sol.dual_valid else -np.inf
+        nodes, gap = 0, (0.0 if status == "optimal" else np.inf)
+    if cutoff is not None and is_mip:
+        # Under a cutoff HiGHS reports "Infeasible", or even "Optimal" with an incumbent above the
+        # cutoff (measured: optimum 0.78, cutoff 0.73 → "Optimal" at 1.08), when no point lies
+        # below it: both mean "objective >= cutoff" and become "cutoff".  Nodes pruned by the
+        # cutoff only guarantee that much, so the dual bound never exceeds the cutoff.
+        if status in ("optimal", "infeasible", "cutoff") and (obj is None or obj >= cutoff):
+            status, dual = "cutoff", float(cutoff)
+        else:
+            dual = min(dual, float(cutoff))
+    elif status == "infeasible":
+        dual = np.inf
+    msg = h.modelStatusToString(h.getModelStatus()) + (f" ({seen['why']})" if seen["why"] else "")
+    h.clear()
+    return SolveResult(status, obj, dual, x, nodes, gap, time.perf_counter() - t0, msg)
+
+
+def _child(conn, model, kw):
+    try:
+        conn.send(_solve(model, **kw))
+    except Exception as exc:                        # report, never hang the parent
+        conn.send(SolveResult("error", None, -np.inf, None, 0, np.inf, 0.0, repr(exc)))
+    finally:
+        conn.close()
+
+
+def _solve_isolated(model, kw, grace: float) -> SolveResult:
+    """Run ``_solve`` in a spawned child; kill it (only it, by its handle) past the limit."""
+    t0 = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(child, model, kw), daemon=True)
+    p.start()
+    child.close()
+    limit = kw["time_limit"]
+    wait = None if limit is None else limit + grace + 1.0   # + start-up of the child interpreter
+    res, why = None, "killed at the hard time limit"
+    if parent.poll(wait):
+        try:
+            res = parent.recv()
+        except EOFError:
+            why = "solver process died"
+    if res is None:
+        p.kill()
+    p.join(5)
+    if res is None:
+        status = "time_limit" if why.startswith("killed") else "error"
+        return SolveResult(status, None, -np.inf, None, 0, np.inf, time.perf_counter() - t0, why)
+    res.time_s = time.perf_counter() - t0
+    return res

@@ -1,0 +1,99 @@
+"""Batched CROWN and input splitting: sound on sampled points, exact answers on small nets."""
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verifier.bounds import compute_bounds
+from verifier.crown_batch import batch_bounds
+from verifier.graph import Graph, Input, Linear, Relu
+from verifier.input_split import split_case
+from verifier.onnx_export import graph_to_onnx
+from verifier.spec import Box, Case, Conjunction, Property
+from verifier.vnnlib import parse_vnnlib
+
+ACAS = Path(__file__).resolve().parent.parent / "benchmarks" / "vnncomp2022" / "acasxu"
+
+
+def random_net(seed, n_in=3, widths=(8, 8), n_out=3, residual=False):
+    rng = np.random.default_rng(seed)
+    nodes = [Input((), (1, n_in))]
+    prev = 0
+    for w in widths:
+        W = rng.normal(size=(w, nodes[prev].size))
+        nodes.append(Linear((prev,), (w,), mats=(W,), bias=rng.normal(size=w)))
+        nodes.append(Relu((len(nodes) - 1,), (w,)))
+        prev = len(nodes) - 1
+    if residual:    # a DAG: the output also reads the first hidden layer
+        first = 2
+        mats = (rng.normal(size=(n_out, nodes[prev].size)), rng.normal(size=(n_out, widths[0])))
+        nodes.append(Linear((prev, first), (n_out,), mats=mats, bias=rng.normal(size=n_out)))
+    else:
+        nodes.append(Linear((prev,), (n_out,), mats=(rng.normal(size=(n_out, nodes[prev].size)),),
+                            bias=rng.normal(size=n_out)))
+    g = Graph(nodes)
+    g.model_bytes = graph_to_onnx(g).SerializeToString()
+    return g
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("residual", [False, True])
+def test_batch_bounds_hold_on_samples_and_match_symbolic(seed, residual):
+    g = random_net(seed, residual=residual)
+    rng = np.random.default_rng(100 + seed)
+    B = 5
+    lo = rng.uniform(-1, 0, size=(B, 3))
+    hi = lo + rng.uniform(0.01, 1, size=(B, 3))
+    C = rng.normal(size=(4, 3))
+    d = rng.normal(size=4)
+    lower, coef = batch_bounds(g, lo, hi, C, d)
+    assert lower.shape == (B, 4) and coef.shape == (B, 4, 3)
+    for b in range(B):
+        pts = lo[b] + rng.random((2000, 3)) * (hi[b] - lo[b])
+        vals = g.forward(pts) @ C.T - d
+        assert np.all(vals.min(axis=0) >= lower[b])
+        # the same relaxation as the one-box symbolic level: equal up to float slack
+        ref = compute_bounds(g, (lo[b], hi[b]), level="symbolic", C=C, d=d).margin_lower
+        assert np.allclose(lower[b], ref, rtol=1e-6, atol=1e-6) or np.all(lower[b] >= ref - 1e-6)
+
+
+def brute_min_margin(g, case, n=200_000, seed=0):
+    rng = np.random.default_rng(seed)
+    lo, hi = case.box.lower, case.box.upper
+    pts = lo + rng.random((n, lo.size)) * (hi - lo)
+    y = g.forward(pts)
+    return min(float(np.min(np.max(y @ c.C.T - c.d, axis=1))) for c in case.unsafe)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_split_answers_agree_with_dense_sampling(seed):
+    """A threshold near the sampled minimum of y0 - y1: splitting must verify above it and
+    falsify below it (the sampled point proves the latter)."""
+    g = random_net(seed, n_in=2, widths=(6, 6), n_out=2)
+    box = Box(np.full(2, -1.0), np.full(2, 1.0))
+    probe = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.zeros(1)),))
+    m = brute_min_margin(g, probe)
+    for shift, expect in ((-0.05 * (abs(m) + 1), "verified"), (+0.05 * (abs(m) + 1), "falsified")):
+        # unsafe: y0 - y1 <= m + shift
+        case = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.array([m + shift])),))
+        prop = Property((case,), 2, 2)
+        r = split_case(g, prop, 0, time.perf_counter() + 30)
+        if expect == "verified":
+            assert r.status == "verified" and r.margin_lower > 0
+        else:
+            assert r.status == "falsified"
+            assert box.contains(r.x32) and case.margin(r.y32) <= 0
+
+
+def test_acasxu_prop1_verified_and_prop2_falsified():
+    from verifier import load
+    net = load(ACAS / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx")
+    prop = parse_vnnlib(ACAS / "vnnlib" / "prop_1.vnnlib")          # expected unsat
+    r = split_case(net, prop, 0, time.perf_counter() + 60)
+    assert r.status == "verified" and r.margin_lower > 0
+    net = load(ACAS / "onnx" / "ACASXU_run2a_2_1_batch_2000.onnx")
+    prop = parse_vnnlib(ACAS / "vnnlib" / "prop_2.vnnlib")          # expected sat
+    r = split_case(net, prop, 0, time.perf_counter() + 60)
+    assert r.status == "falsified"
+    assert prop.cases[0].box.contains(r.x32) and prop.cases[0].margin(r.y32) <= 0

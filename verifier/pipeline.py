@@ -1,0 +1,179 @@
+"""One property through the ladder: attack → symbolic bounds → LP-tightened bounds → MILP
+(or, for networks with few inputs, branch and bound on the input box instead of LP and MILP).
+
+Each rung may decide; the cheaper ones run first.  The answer obeys the soundness rules:
+
+- ``verified`` only when every case's worst-case margin has a sound lower bound > 0: from the
+  bound propagation (``verifier.bounds``, float-error charged, LP bounds rebuilt from duals) or from
+  the MILP's dual bound minus its tolerance (``verifier.solvers.solve_case``).
+- ``falsified`` only with a point replayed by ``verifier.replay`` in onnxruntime (float32, inside a
+  case's box, output in its unsafe region).  A solver incumbent that fails replay gives ``unknown``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import input_split
+from .attack import falsify
+from .bounds import compute_bounds
+from .certificate import Certificate
+from .config import Options
+from .graph import Graph
+from .replay import replay
+from .solvers import solve_case
+from .spec import Case, Property
+
+# which bound levels and whether the MILP runs, per method
+_PLAN = {
+    "auto":   (("symbolic", "lp"), True),     # input splitting replaces lp + milp on few inputs
+    "bounds": (("symbolic",), False),
+    "lp":     (("symbolic", "lp"), False),
+    "milp":   (("symbolic",), True),
+    "attack": ((), False),
+}
+_LP_SHARE = 0.3          # at most this share of the time left goes to per-neuron LP tightening
+
+
+class _Clock:
+    def __init__(self, timeout: float):
+        self.t0 = time.perf_counter()
+        self.deadline = self.t0 + timeout
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def run(net: Graph, prop: Property, options: Options) -> Certificate:
+    clock = _Clock(options.timeout)
+    stats: dict = {"relus": net.relu_count, "cases": len(prop.cases)}
+    best_x, best_upper = None, math.inf
+
+    def cert(status, method, lower=None, upper=None, x=None, y=None) -> Certificate:
+        return Certificate(status, clock.elapsed(), lower,
+                           upper if upper is None or math.isfinite(upper) else None,
+                           None if x is None else [float(v) for v in x],
+                           None if y is None else [float(v) for v in y], method, stats)
+
+    if options.method in ("auto", "attack"):
+        share = 1.0 if options.method == "attack" else options.attack_share
+        found, margin = _attack(net, prop, options.timeout * share, options.seed, stats)
+        if found.found:
+            return cert("falsified", "attack", upper=margin, x=found.x32, y=found.y32)
+        best_x, best_upper = found.attack.x_best, found.attack.margin_best
+        if options.method == "attack":
+            return cert("unknown", "attack", upper=best_upper)
+
+    levels, use_milp = _PLAN[options.method]
+    if options.method == "auto" and input_split.applicable(net):
+        levels = ("symbolic",)
+    lowers, methods = [], []
+    for k, case in enumerate(prop.cases):
+        if clock.left() <= 0:
+            return cert("timeout", _strongest(methods), upper=best_upper)
+        start = best_x if best_x is not None and case.box.contains(best_x) else None
+        outcome = _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats)
+        if outcome.status == "falsified":
+            return cert("falsified", outcome.method, upper=outcome.upper, x=outcome.x32,
+                        y=outcome.y32)
+        best_upper = min(best_upper, outcome.upper if outcome.upper is not None else math.inf)
+        if outcome.status != "verified":
+            return cert(outcome.status, outcome.method, lower=outcome.lower, upper=best_upper)
+        lowers.append(outcome.lower)
+        methods.append(outcome.method)
+    return cert("verified", _strongest(methods), lower=min(lowers), upper=best_upper)
+
+
+def _strongest(methods) -> str:
+    order = ["bounds", "symbolic", "lp", "split", "milp"]
+    return max(methods, key=order.index, default="bounds")
+
+
+def _attack(net, prop, budget, seed, stats):
+    found = falsify(net, net.model_bytes, prop, time_budget=budget, seed=seed)
+    stats["attack"] = {"time_s": round(found.attack.time_s, 4),
+                       "evaluations": found.attack.evaluations,
+                       "best_margin": float(found.attack.margin_best),
+                       "replayed": len(found.replays)}
+    margin = float(prop.cases[found.case_index].margin(found.y32)) if found.found else None
+    return found, margin
+
+
+@dataclass
+class _Outcome:
+    status: str
+    method: str
+    lower: float | None = None
+    upper: float | None = None
+    x32: np.ndarray | None = None
+    y32: np.ndarray | None = None
+
+
+def _stack(case: Case):
+    """All rows of all conjunctions, and which conjunction each row belongs to."""
+    C = np.vstack([c.C for c in case.unsafe])
+    d = np.concatenate([c.d for c in case.unsafe])
+    owner = np.repeat(np.arange(len(case.unsafe)), [c.C.shape[0] for c in case.unsafe])
+    return C, d, owner
+
+
+def _conj_lower(row_lower, owner, n_conj) -> np.ndarray:
+    """Sound lower bound of each conjunction's margin max_i(C_i y - d_i): the largest row bound."""
+    out = np.full(n_conj, -np.inf)
+    np.maximum.at(out, owner, row_lower)
+    return out
+
+
+def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats) -> _Outcome:
+    C, d, owner = _stack(case)
+    n_conj = len(case.unsafe)
+    case_stats = stats.setdefault("per_case", [])
+    entry: dict = {"case": k}
+    case_stats.append(entry)
+    bounds, conj_lower = None, np.full(n_conj, -np.inf)
+    for level in levels:
+        budget = max(0.0, clock.left() * _LP_SHARE) if level == "lp" else None
+        if level == "lp" and budget < 0.05:
+            break
+        bounds = compute_bounds(net, case.box, level=level, C=C, d=d, time_budget=budget)
+        conj_lower = np.maximum(conj_lower, _conj_lower(bounds.margin_lower, owner, n_conj))
+        entry["bounds"] = bounds.report.to_dict()
+        if conj_lower.min() > 0:
+            return _Outcome("verified", level if level != "symbolic" else "bounds",
+                            lower=float(conj_lower.min()))
+        if clock.left() <= 0:
+            return _Outcome("timeout", level, lower=float(conj_lower.min()))
+    if options.method == "auto" and input_split.applicable(net):
+        # few inputs: branch and bound on the input box beats one big MILP (ACAS Xu)
+        r = input_split.split_case(net, prop, k, clock.deadline)
+        entry["split"] = {"boxes": r.boxes, "rounds": r.rounds, "status": r.status}
+        if r.status == "falsified":
+            return _Outcome("falsified", "split", upper=r.margin_upper, x32=r.x32, y32=r.y32)
+        if r.status in ("verified", "timeout"):
+            return _Outcome(r.status, "split", lower=r.margin_lower if r.status == "verified"
+                            else float(conj_lower.min()), upper=r.margin_upper)
+    if not use_milp or bounds is None:
+        return _Outcome("unknown", levels[-1] if levels else "bounds",
+                        lower=float(conj_lower.min()))
+
+    result = solve_case(net, bounds, case, time_limit=max(clock.left(), 0.01), start=start,
+                        margin_lower=conj_lower, threads=options.threads)
+    entry["milp"] = result.stats
+    lower = max(float(conj_lower.min()), result.margin_lower)
+    if result.status == "verified":
+        return _Outcome("verified", "milp", lower=result.margin_lower)
+    if result.status == "candidate" and result.x_candidate is not None:
+        r = replay(net.model_bytes, result.x_candidate, Property((case,), prop.n_inputs,
+                                                                 prop.n_outputs), project=True)
+        entry["milp_replay"] = r.reason or "ok"
+        if r.ok:
+            return _Outcome("falsified", "milp", upper=r.margin, x32=r.x32, y32=r.y32)
+        return _Outcome("unknown", "milp", lower=lower, upper=result.margin_upper)
+    status = "timeout" if result.status == "timeout" or clock.left() <= 0 else "unknown"
+    return _Outcome(status, "milp", lower=lower, upper=result.margin_upper)

@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/verify models/digits_mlp.onnx
-	$(BIN)/python -m verifier.demo models/digits_mlp.onnx models/digits_samples.npz
+	$(BIN)/verify models/digits_mlp.onnx --eps 0.01 --input models/digits_sample0.npy --label 1
+	$(BIN)/verify models/digits_cnn_maxpool.onnx --eps 0.01 --dataset models/digits_samples.npz --timeout 20
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests

@@ -1,0 +1,14 @@
+"""Formal robustness verification of ReLU networks (ONNX) by mixed-integer programming.
+
+    import verifier
+    net = verifier.load("model.onnx")
+    cert = verifier.verify(net, x, label=3, eps=0.02, timeout=60)
+    cert.status, cert.margin_lower, cert.counterexample, cert.to_json()
+    verifier.verify_vnnlib("model.onnx", "prop.vnnlib", timeout=60)
+"""
+from .api import load, verify, verify_vnnlib
+from .certificate import Certificate
+from .config import Options
+
+__all__ = ["load", "verify", "verify_vnnlib", "Certificate", "Options"]
+__version__ = "0.1.0"

@@ -1,0 +1,493 @@
+"""The public API: load a model, verify a property, find the minimal distortion, export the MILP,
+re-check a certificate.  The CLI calls only these functions.
+
+What an answer guarantees (see ``Certificate``): ``verified`` comes only from sound bounds (the
+symbolic/LP bound propagation, or the MILP's dual bound minus its tolerance); ``falsified`` only from
+an input that was replayed in onnxruntime in float32, inside the input box, violating the property.
+Everything else is ``unknown`` (or ``timeout`` when the time ran out first).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .certificate import (Certificate, CertificateError, DistortionResult, file_sha256,
+                          read_certificate)
+from .config import Options, OptionsError, check_domain, check_eps
+from .graph import Graph
+from .onnx_loader import ModelError, load as _load_graph
+from .spec import Property, SpecError, robustness_property
+from .vnnlib import VnnlibError, parse_vnnlib
+
+# errors that are the user's input, not our bug: the CLI prints them as one line, exit code 2
+USER_ERRORS = (ModelError, OptionsError, SpecError, VnnlibError, CertificateError,
+               FileNotFoundError, IsADirectoryError, PermissionError)
+
+DISTORTION_GAP = 1e-3      # relative gap target of min_distortion (asked of the solver: half)
+NORMS = ("inf", "1")
+
+
+def load(path) -> Graph:
+    """Load an ONNX model (``.onnx`` / ``.onnx.gz``) as a layer graph; ``ModelError`` if it can't."""
+    return _load_graph(path)
+
+
+def _graph(model) -> Graph:
+    return model if isinstance(model, Graph) else load(model)
+
+
+def forward_check(net: Graph, samples: int = 3, seed: int = 0) -> str:
+    """Compare the float64 graph with onnxruntime on random inputs in [0, 1]; one line of result."""
+    from .replay import run_model
+    if net.model_bytes is None:
+        return "forward check: skipped (graph was not loaded from ONNX)"
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for _ in range(samples):
+        x = rng.random(net.n_inputs).astype(np.float32)
+        y = run_model(net.model_bytes, x).astype(np.float64)
+        worst = max(worst, float(np.max(np.abs(y - net.forward(x)))) / max(1.0, np.abs(y).max()))
+    return f"forward check: float64 graph vs onnxruntime on {samples} random inputs, " \
+           f"max relative difference {worst:.1e}"
+
+
+# --------------------------------------------------------------------------------------------
+# properties
+# --------------------------------------------------------------------------------------------
+def _input_vector(net: Graph, x, domain) -> np.ndarray:
+    """``x`` as a flat float64 vector of the model's input size, finite, inside ``domain``."""
+    x = np.asarray(x)
+    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer)
+                               or np.issubdtype(x.dtype, np.floating)):
+        raise SpecError(f"input must be a real-valued numeric array, not {x.dtype}")
+    x = x.astype(np.float64)
+    if x.size != net.n_inputs:
+        raise SpecError(f"input has {x.size} values but the model expects {net.n_inputs} "
+                        f"(shape {list(net.input_shape)})")
+    if not np.all(np.isfinite(x)):
+        raise SpecError("input contains NaN or infinite values")
+    lo, hi = domain
+    tol = 1e-6 * max(1.0, hi - lo)
+    if x.min() < lo - tol or x.max() > hi + tol:
+        raise SpecError(f"input values lie in [{x.min():g}, {x.max():g}], outside the domain "
+                        f"[{lo:g}, {hi:g}]; give the model's input range as the domain "
+                        f"(--domain LO HI) or rescale the input")
+    return x.reshape(-1)
+
+
+def robustness(model, x, label: int, eps: float, *, domain=(0.0, 1.0),
+               target: int | None = None) -> Property:
+    """The L∞ robustness property around ``x`` (validated: size, finite, inside ``domain``)."""
+    net = _graph(model)
+    domain = check_domain(domain)
+    x = _input_vector(net, x, domain)
+    return robustness_property(x, label, check_eps(eps), domain, n_outputs=net.n_outputs,
+                               target=target)
+
+
+def read_vnnlib(model, vnnlib) -> Property:
+    """Parse a VNN-LIB file for this model's input and output sizes."""
+    net = _graph(model)
+    return parse_vnnlib(Path(vnnlib), n_inputs=net.n_inputs, n_outputs=net.n_outputs)
+
+
+# --------------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------------
+def verify(model, x, label: int, eps: float, *, domain=(0.0, 1.0), target: int | None = None,
+           timeout: float | None = None, method: str | None = None,
+           options: Options | None = None) -> Certificate:
+    """Is every input within L∞ distance ``eps`` of ``x`` (inside ``domain``) classified ``label``?
+
+    ``model`` is a path or a loaded ``Graph``; ``x`` any array holding the model's input size,
+    with values inside ``domain``."""
+    options = _options(options, timeout, method)
+    net = _graph(model)
+    prop = robustness(net, x, label, eps, domain=domain, target=target)
+    return verify_property(net, prop, options)
+
+
+def verify_vnnlib(model, vnnlib, *, timeout: float | None = None, method: str | None = None,
+                  options: Options | None = None) -> Certificate:
+    """Check a VNN-LIB v1 property (``verified`` = unsat, ``falsified`` = sat)."""
+    options = _options(options, timeout, method)
+    net = _graph(model)
+    return verify_property(net, read_vnnlib(net, vnnlib), options)
+
+
+def _options(options, timeout, method) -> Options:
+    options = options or Options()
+    changes = {k: v for k, v in (("timeout", timeout), ("method", method)) if v is not None}
+    return Options(**{**options.__dict__, **changes}) if changes else options
+
+
+def verify_property(net: Graph, prop: Property, options: Options) -> Certificate:
+    """Run the pipeline on a parsed property; see the module docstring for the guarantees."""
+    from threadpoolctl import threadpool_limits
+
+    from .pipeline import run
+    # one BLAS thread per solve: the products here are small, and on a shared machine a
+    # multi-threaded BLAS made them up to 100x slower (measured on 2 cores with other jobs)
+    with threadpool_limits(limits=options.threads):
+        return run(net, prop, options)
+
+
+# --------------------------------------------------------------------------------------------
+# MILP export
+# --------------------------------------------------------------------------------------------
+def export_milp(model, prop: Property, path) -> dict:
+    """Write the exact MILP of the first case symbolic bounds do not decide, as ``solve_case``
+    builds it with symbolic bounds (``--method milp``): network encoding + the disjunction of the
+    case's output constraints not already proved safe; minimise the margin (the case holds iff the
+    optimum is > 0).  If bounds decide every case, case 0 with all its constraints is written.
+    ``.mps`` or ``.lp`` by the suffix.  Returns what was written (case, rows, columns, ...)."""
+    from .bounds import compute_bounds
+    from .encode import disjunction_objective, encode_network, prune_conjunctions
+    from .solvers import conjunction_lower
+    from .solvers.pulp_backend import export_model
+    path = Path(path)
+    if path.suffix.lower() not in (".mps", ".lp"):
+        raise OptionsError(f"--export: the file must end in .mps or .lp, not {path.name!r}")
+    net = _graph(model)
+    out = net.output
+    pick = None
+    for k, case in enumerate(prop.cases):
+        C = np.vstack([np.atleast_2d(c.C) for c in case.unsafe])
+        d = np.concatenate([np.ravel(c.d) for c in case.unsafe])
+        b = compute_bounds(net, case.box, level="symbolic", C=C, d=d)
+        kept, _ = prune_conjunctions(case.unsafe, b.lower[out], b.upper[out],
+                                     conjunction_lower(case.unsafe, b.margin_lower))
+        kept = [j for j in kept if np.atleast_2d(case.unsafe[j].C).shape[0] > 0]
+        if pick is None:
+            pick = (k, case, b, list(range(len(case.unsafe))), True)
+        if kept:
+            pick = (k, case, b, kept, False)
+            break
+    k, case, b, kept, decided = pick
+    kept = [j for j in kept if np.atleast_2d(case.unsafe[j].C).shape[0] > 0]
+    if not kept:
+        raise OptionsError("--export: the property's output constraints have no rows (every "
+                           "output is unsafe): there is no MILP to write")
+    milp = disjunction_objective(encode_network(net, b, case.box),
+                                 [case.unsafe[j] for j in kept], b.lower[out], b.upper[out],
+                                 node=out)
+    export_model(milp, path)
+    return {"path": str(path), "case": k, "constraints": len(kept),
+            "of_constraints": len(case.unsafe), "decided_by_bounds": decided, **milp.stats()}
+
+
+# --------------------------------------------------------------------------------------------
+# minimal distortion
+# --------------------------------------------------------------------------------------------
+def check_norm(norm) -> str:
+    n = str(norm).lower().lstrip("l")
+    if n in ("inf", "infinity", "∞"):
+        return "inf"
+    if n == "1":
+        return "1"
+    if n == "2":
+        raise OptionsError("the L2 minimal distortion needs a mixed-integer quadratic program, "
+                           "which HiGHS does not solve; use norm inf or 1 (--norm inf, --norm 1)")
+    raise OptionsError(f"norm must be inf or 1, got {norm!r}")
+
+
+def distance(a, b, norm: str) -> float:
+    """The exact ``norm`` distance of two float vectors, rounded up to a float (never below)."""
+    d = [abs(Fraction(float(u)) - Fraction(float(v))) for u, v in zip(np.ravel(a), np.ravel(b))]
+    exact = max(d, default=Fraction(0)) if norm == "inf" else sum(d, Fraction(0))
+    f = float(exact)
+    return f if Fraction(f) >= exact else float(np.nextafter(f, np.inf))
+
+
+def min_distortion(model, x, label: int, *, norm: str = "inf", timeout: float = 60,
+                   max_eps: float | None = None, domain=(0.0, 1.0),
+                   target: int | None = None) -> DistortionResult:
+    """The smallest L∞ (``norm="inf"``) or L1 (``"1"``) distance from ``x`` to an input inside
+    ``domain`` that is not classified ``label`` (or, with ``target``, scores ``target`` at least as
+    high as ``label``), searched within L∞ distance ``max_eps`` (default: the whole domain).
+
+    ``distortion_lower`` is sound (no closer input is unsafe; at most the search radius, since
+    every input farther than that in L∞ is at least that far in L1 too).  ``distortion_upper`` is
+    the exact distance of ``counterexample``, which was replayed in onnxruntime: float32, inside
+    the domain, its output unsafe.  A solver point that fails replay is not reported (``replay``
+    says why; the solver's claim is in ``stats["solver_upper"]``)."""
+    from threadpoolctl import threadpool_limits
+
+    from . import distortion
+    t0 = time.perf_counter()
+    norm = check_norm(norm)
+    Options(timeout=timeout)                      # validates the timeout
+    net = _graph(model)
+    domain = check_domain(domain)
+    x = _input_vector(net, x, domain)
+    robustness_property(x, label, 0.0, domain, n_outputs=net.n_outputs, target=target)  # checks
+    if max_eps is not None:
+        max_eps = check_eps(max_eps)
+    radius = float(np.max(np.maximum(x - domain[0], domain[1] - x))) if max_eps is None \
+        else max_eps
+    with threadpool_limits(limits=1):
+        r = distortion.min_distortion(net, x, label, target=target, norm=norm, domain=domain,
+                                      max_eps=max_eps, time_limit=float(timeout),
+                                      gap=DISTORTION_GAP / 2)
+    stats = {"radius": radius, "solver_status": r.status, **r.stats}
+    method = "bisect" if "steps" in r.stats else "milp"
+    lower = min(float(r.distortion_lower), radius)
+    if lower < r.distortion_lower:
+        stats["note"] = (f"lower bound capped at the search radius {radius:g} (the search saw only "
+                         f"inputs within L∞ {radius:g}); raise max_eps / --eps to search farther")
+
+    def result(status, lo, hi=None, x32=None, y32=None, why=""):
+        return DistortionResult(status, norm, lo, hi,
+                                None if x32 is None else [float(v) for v in x32],
+                                None if y32 is None else [float(v) for v in y32], why, method,
+                                time.perf_counter() - t0, DISTORTION_GAP, stats)
+
+    if r.status == "none":
+        return result("robust", lower, why="nothing unsafe within the search radius")
+    undecided = "timeout" if r.status == "timeout" else "unknown"
+    if r.x_adv is None:
+        return result(undecided, lower, why="no unsafe input found")
+    stats["solver_upper"] = float(r.distortion_upper)
+    rep, why = _replay_distortion(net, x, label, target, domain, norm, np.asarray(r.x_adv))
+    if rep is None:
+        return result(undecided, lower, why=why)
+    upper = distance(rep.x32, x, norm)
+    stats["replay_margin"] = rep.margin
+    lower = min(lower, upper)
+    status = "found" if upper - lower <= DISTORTION_GAP * upper + 1e-12 else undecided
+    return result(status, lower, upper, rep.x32, rep.y32, "ok")
+
+
+def _replay_distortion(net, x0, label, target, domain, norm, x_adv):
+    """Replay the solver's closest unsafe point.  It sits on the decision boundary (margin ~ 0),
+    so float32 rounding can make it safe: then it is pushed slightly farther out along its own
+    direction (relative 1e-6 .. 3e-4, within the gap target) and tried again."""
+    from .replay import replay
+    if net.model_bytes is None:
+        return None, "graph was not loaded from ONNX: nothing to replay it in"
+    lo, hi = domain
+    v = x_adv - x0
+    why = ""
+    for push in (0.0, 1e-6, 1e-5, 1e-4, 3e-4):
+        xp = np.clip(x0 + (1.0 + push) * v, lo, hi)
+        # the L∞ ball that holds xp, plus a float32 ulp: replay rounds xp to float32 inside it
+        ulp = float(np.spacing(np.float32(max(1.0, np.abs(xp).max(), np.abs(x0).max()))))
+        eps = float(np.abs(xp - x0).max()) + 2 * ulp
+        prop = robustness_property(x0, label, eps, domain, n_outputs=net.n_outputs, target=target)
+        rep = replay(net.model_bytes, xp, prop)
+        if rep.ok:
+            return rep, ""
+        why = rep.reason
+    return None, f"onnxruntime replay failed: {why}"
+
+
+# --------------------------------------------------------------------------------------------
+# certificate re-check
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CheckResult:
+    """Outcome of ``check_certificate``: ``passed`` (exit 0), ``failed`` (the certificate does not
+    hold, exit 1) or ``inconclusive`` (a requested re-run decided nothing, exit 3).  ``checked``
+    says what was re-checked, ``not_checked`` what was taken on trust."""
+    outcome: str
+    headline: str
+    checked: list = field(default_factory=list)
+    not_checked: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return {"passed": 0, "failed": 1, "inconclusive": 3}[self.outcome]
+
+    def summary_line(self) -> str:
+        return f"CHECK {self.outcome.upper()}  {self.headline}"
+
+    def to_dict(self) -> dict:
+        return {"check": self.outcome, "headline": self.headline, "checked": self.checked,
+                "not_checked": self.not_checked}
+
+
+def _describe_property(p: dict) -> str:
+    dom = f"domain [{p['domain'][0]:g}, {p['domain'][1]:g}]" if "domain" in p else ""
+    tgt = "" if p.get("target") is None else f", target {p['target']}"
+    if p["kind"] == "linf_ball":
+        return f"L∞ ball of radius {p['eps']:g} around the recorded input, label {p['label']}" \
+               f"{tgt}, {dom}"
+    if p["kind"] == "vnnlib":
+        return f"VNN-LIB file {p['path']}"
+    return f"minimal L{'∞' if p['norm'] == 'inf' else p['norm']} distortion around the recorded " \
+           f"input, label {p['label']}{tgt}, {dom}"
+
+
+def _vnnlib_file(p: dict, override) -> Path:
+    cands = [Path(override)] if override else [Path(p["path"]), Path(p.get("resolved", p["path"]))]
+    for c in cands:
+        if c.is_file():
+            if file_sha256(c) != p["sha256"]:
+                raise CertificateError(f"the VNN-LIB file {c} does not match the certificate "
+                                       f"(sha256 differs from the recorded one)")
+            return c
+    raise CertificateError(f"the certificate's VNN-LIB file {cands[0]} was not found "
+                           f"(give its new place with --vnnlib)")
+
+
+def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None = None,
+                      timeout: float | None = None) -> CheckResult:
+    """Re-check a certificate file against ``model_path``.
+
+    Always: the file is a well-formed, unmodified certificate (``CertificateError`` otherwise), and
+    the model's SHA-256 and the property (rebuilt from the record; a VNN-LIB file must match its
+    recorded SHA-256) are the ones it was made for (``CertificateError`` otherwise).
+    ``falsified``: the counterexample is replayed in onnxruntime against the rebuilt property.
+    ``verified``: symbolic bounds are recomputed; if they alone prove the margin > 0 the answer is
+    confirmed; otherwise, with ``method``, the pipeline re-runs (``timeout``) and must verify again;
+    without, a short attack looks for a counterexample and the proof itself is reported as not
+    re-checked.  Minimal distortion: the counterexample is replayed at the recorded distance, and
+    (L∞) a short attack inside the lower bound's ball must find nothing."""
+    record = read_certificate(cert_path)
+    mp = Path(model_path)
+    if not mp.is_file():
+        raise ModelError(f"model file not found: {mp}" if not mp.exists()
+                         else f"model path is a directory, not an ONNX file: {mp}")
+    digest = file_sha256(mp)
+    if digest != record["model"]["sha256"]:
+        raise CertificateError(f"{mp.name} is not the model of this certificate (sha256 "
+                               f"{digest[:12]}… but the certificate was made for "
+                               f"{record['model']['sha256'][:12]}…, {record['model'].get('path')})")
+    net = load(mp)
+    p, cert = record["property"], record["certificate"]
+    checked = [f"model {mp}: SHA-256 matches", f"property: {_describe_property(p)}"]
+    if p["kind"] == "min_distortion":
+        return _check_distortion(net, mp, p, cert, checked)
+    if p["kind"] == "vnnlib":
+        vpath = _vnnlib_file(p, vnnlib)
+        prop = read_vnnlib(net, vpath)
+        checked[1] = f"property: VNN-LIB file {vpath}: SHA-256 matches"
+    else:
+        prop = robustness(net, p["x"], p["label"], p["eps"], domain=p["domain"],
+                          target=p.get("target"))
+    status = cert["status"]
+    if status == "falsified":
+        return _check_counterexample(mp, prop, cert, checked)
+    if status == "verified":
+        return _check_verified(net, prop, cert, checked, method, timeout)
+    return CheckResult("passed", f"{status}: the certificate claims no answer; model and property "
+                                 f"match", checked, ["nothing else to re-check"])
+
+
+def _check_counterexample(model_path, prop, cert, checked) -> CheckResult:
+    from .replay import replay
+    cx = np.asarray(cert["counterexample"], np.float64)
+    if cx.size != prop.n_inputs:
+        return CheckResult("failed", f"the counterexample has {cx.size} values, the property "
+                                     f"{prop.n_inputs} inputs", checked)
+    if not np.array_equal(cx.astype(np.float32).astype(np.float64), cx):
+        return CheckResult("failed", "the counterexample is not a float32 input", checked)
+    r = replay(model_path, cx, prop)
+    if not r.ok:
+        return CheckResult("failed", f"falsified, but the counterexample does not replay: "
+                                     f"{r.reason}", checked)
+    checked.append(f"counterexample: float32, inside input box {r.case_index}, onnxruntime output "
+                   f"violates the property (margin {r.margin:.6g})")
+    rec = cert.get("output")
+    if rec is not None and len(rec) == r.y32.size:
+        diff = float(np.max(np.abs(np.asarray(rec, np.float64) - r.y32.astype(np.float64))))
+        checked.append("recorded output: identical to this onnxruntime's" if diff == 0 else
+                       f"recorded output differs from this onnxruntime's by up to {diff:.3g}")
+    return CheckResult("passed", f"falsified: counterexample replayed in onnxruntime "
+                                 f"(margin {r.margin:.4g})", checked)
+
+
+def _check_verified(net, prop, cert, checked, method, timeout) -> CheckResult:
+    from .bounds import compute_bounds
+    from .solvers import conjunction_lower
+    lows = []
+    for case in prop.cases:
+        C = np.vstack([np.atleast_2d(c.C) for c in case.unsafe])
+        d = np.concatenate([np.ravel(c.d) for c in case.unsafe])
+        b = compute_bounds(net, case.box, level="symbolic", C=C, d=d)
+        lows.append(float(conjunction_lower(case.unsafe, b.margin_lower).min()))
+    low = min(lows)
+    how = cert.get("method") or "?"
+    if low > 0:
+        checked.append(f"symbolic bounds recomputed: margin >= {low:.6g} > 0")
+        return CheckResult("passed", f"verified: confirmed by bounds (margin >= {low:.4g})", checked)
+    checked.append(f"symbolic bounds recomputed: margin >= {low:.6g}, not enough alone")
+    if method is not None:
+        options = Options(method=method, timeout=60.0 if timeout is None else timeout)
+        again = verify_property(net, prop, options)
+        checked.append(f"re-run with --method {method}: {again.summary_line()}")
+        if again.status == "verified":
+            return CheckResult("passed", f"verified: re-proved by {again.method} (margin >= "
+                                         f"{again.margin_lower:.4g})", checked)
+        if again.status == "falsified":
+            return CheckResult("failed", "verified, but the re-run found a counterexample "
+                                         "(replayed in onnxruntime)", checked)
+        return CheckResult("inconclusive", f"verified by {how}; the re-run with --method "
+                                           f"{method} did not decide ({again.status})", checked)
+    found = _quick_attack(net, prop)
+    if found is not None:
+        return CheckResult("failed", f"verified, but a counterexample was found and replayed in "
+                                     f"onnxruntime (margin {found:.4g})", checked)
+    checked.append("a short attack found no counterexample")
+    return CheckResult("passed", f"verified by {how}: model and property match; the {how} proof is "
+                                 f"not re-checked (re-run with --method {_rerun(how)} to reproduce)",
+                       checked, [f"the {how} proof"])
+
+
+def _rerun(how: str) -> str:
+    return how if how in ("lp", "milp") else "auto"
+
+
+def _quick_attack(net, prop, budget: float = 1.0):
+    """The margin of a replayed counterexample found within ``budget`` seconds, or None."""
+    from .attack import falsify
+    if net.model_bytes is None:
+        return None
+    f = falsify(net, net.model_bytes, prop, time_budget=budget, seed=1)
+    return float(prop.cases[f.case_index].margin(f.y32)) if f.found else None
+
+
+def _check_distortion(net, model_path, p, cert, checked) -> CheckResult:
+    from .replay import replay
+    norm, status = check_norm(p["norm"]), cert["status"]
+    domain = check_domain(p["domain"])
+    x = _input_vector(net, p["x"], domain)
+    label, target = p["label"], p.get("target")
+    not_checked = ["the lower bound's proof (bisection / MILP)"]
+    if status == "found":
+        cx = np.asarray(cert.get("counterexample") or [], np.float64)
+        upper = cert.get("distortion_upper")
+        if cx.size != x.size or upper is None:
+            return CheckResult("failed", "the certificate's counterexample is missing or has the "
+                                         "wrong size", checked)
+        dist = distance(cx, x, norm)
+        if dist > upper:
+            return CheckResult("failed", f"the counterexample lies at distance {dist!r}, beyond the "
+                                         f"recorded {upper!r}", checked)
+        prop = robustness_property(x, label, float(np.abs(cx - x).max()), domain,
+                                   n_outputs=net.n_outputs, target=target)
+        r = replay(model_path, cx, prop)
+        if not r.ok:
+            return CheckResult("failed", f"the counterexample does not replay: {r.reason}", checked)
+        checked.append(f"counterexample: float32, in the domain, at distance {dist!r} <= the "
+                       f"recorded upper bound, onnxruntime output unsafe (margin {r.margin:.6g})")
+    lower = cert.get("distortion_lower")
+    if norm == "inf" and lower:
+        prop = robustness_property(x, label, float(lower), domain, n_outputs=net.n_outputs,
+                                   target=target)
+        found = _quick_attack(net, prop)
+        if found is not None:
+            return CheckResult("failed", f"an input closer than the lower bound {lower:.6g} is "
+                                         f"unsafe (replayed, margin {found:.4g})", checked)
+        checked.append(f"a short attack inside the lower bound's ball found nothing")
+    if status in ("found", "robust"):
+        return CheckResult("passed", f"minimal distortion ({status}): "
+                                     f"{'counterexample replayed' if status == 'found' else 'lower bound'}"
+                                     f"; its lower bound is not re-proved", checked, not_checked)
+    return CheckResult("passed", f"minimal distortion ({status}): no answer claimed; model and "
+                                 f"input match", checked, not_checked)

@@ -2,20 +2,20 @@
 files and certificate files.
 
 Two results: ``Certificate`` (verified / falsified / unknown / timeout for one property) and
-``DistortionResult`` (the minimal adversarial distortion around one input).  Their ``to_dict()`` is
-plain JSON (no NaN or infinity: non-finite numbers become ``null``), and ``to_json()`` is the
-``--json`` object of the CLI.
+``MinDistortionResult`` (the minimal adversarial distortion around one input).  Their
+``to_dict()`` is plain JSON (no NaN or infinity: non-finite numbers become ``null``), and
+``to_json()`` is the ``--json`` object of the CLI.
 
 Certificate files (``verify ... --certificate FILE.json``) wrap that object with what is needed to
 re-check it later (``verify --check FILE.json MODEL.onnx``)::
 
     {"format": "verifier-certificate", "format_version": 1,
-     "answer": "falsified", "vnncomp": "sat",
+     "answer": "falsified", "vnncomp": "sat",      # --min-distortion: "min_distortion:found", null
      "certificate": {<the --json object: status, time_s, margins, counterexample, output, method,
-                      stats>},                  # for --min-distortion: the DistortionResult's dict
+                      stats>},                  # for --min-distortion: the MinDistortionResult's dict
      "model":    {"path": <as given>, "resolved": <absolute>, "sha256": <of the file's bytes>},
      "property": {"kind": "linf_ball", "x": [flat floats], "label": L, "eps": E,
-                  "domain": [LO, HI], "target": T|null, "input": {"path", "sha256"}|null}
+                  "domain": [LO, HI], "target": T|null, "input": {"path", "resolved", "sha256"}}
                | {"kind": "vnnlib", "path", "resolved", "sha256"}
                | {"kind": "min_distortion", "x", "label", "norm", "max_eps", "domain", "target",
                   "input"},
@@ -232,7 +232,7 @@ NORM_NAMES = {"inf": "L∞", "1": "L1"}
 
 
 @dataclass
-class DistortionResult:
+class MinDistortionResult:
     """The smallest distortion (``norm`` "inf" or "1") that changes the answer around one input.
 
     ``distortion_lower`` is sound: no input closer than it (inside the domain) is in the unsafe
@@ -261,7 +261,8 @@ class DistortionResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when answered (bracketed to the gap with a replayed counterexample, or robust), else 3."""
+        """0 when answered (bracketed to the gap with a replayed counterexample, or robust),
+        else 3."""
         return 0 if self.status in ("found", "robust") else 3
 
     def to_dict(self) -> dict:
@@ -279,7 +280,7 @@ class DistortionResult:
         hi = "+inf" if self.distortion_upper is None else _up(self.distortion_upper)
         cx = "counterexample replayed" if self.counterexample is not None else \
             f"no replayed counterexample ({self.replay})" if self.replay else "no counterexample"
-        tag = "" if self.status == "found" else f"  {self.status.upper()}"
+        tag = "" if self.status == "found" else f"  {self.status.upper()} (gap above {self.gap:g})"
         return f"MIN DISTORTION  {n} in [{lo}, {hi}]  {cx}{tag}  {t}"
 
     def details(self) -> list[str]:
@@ -290,8 +291,8 @@ class DistortionResult:
                          f"{self.gap:g} (relative)")
         if "steps" in s:
             n = len(s["steps"])
-            lines.append(f"  bisect   {n} radi{'us' if n == 1 else 'i'} tried, bounds {s.get('time_bounds', 0):.2f} s, "
-                         f"solves {s.get('time_solve', 0):.2f} s")
+            lines.append(f"  bisect   {n} radi{'us' if n == 1 else 'i'} tried, bounds "
+                         f"{s.get('time_bounds', 0):.2f} s, solves {s.get('time_solve', 0):.2f} s")
         elif "binaries" in s:
             lines.append(f"  milp     {s.get('binaries', 0)} binaries, {s.get('rows', 0)} rows, "
                          f"{s.get('nodes', 0)} nodes, {s.get('time_solve', 0):.2f} s")
@@ -342,9 +343,9 @@ def _digest(record: dict) -> str:
 
 
 def certificate_record(result, *, model_path, prop: dict, options: dict) -> dict:
-    """The certificate file's content for ``result`` (a Certificate or DistortionResult)."""
+    """The certificate file's content for ``result`` (a Certificate or MinDistortionResult)."""
     import datetime
-    if isinstance(result, DistortionResult):
+    if isinstance(result, MinDistortionResult):
         answer, word = f"min_distortion:{result.status}", None
     else:
         answer, word = result.status, VNNCOMP_WORDS[result.status]
@@ -391,8 +392,16 @@ def read_certificate(path) -> dict:
     return record
 
 
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _validate(record: dict, name: str) -> None:
-    """Shapes and types of the fields the re-check reads (the digest only proves integrity)."""
+    """Types of every field the re-check reads (the digest proves integrity, not sense)."""
     def need(cond, what):
         if not cond:
             raise CertificateError(f"{name}: malformed certificate ({what})")
@@ -402,24 +411,41 @@ def _validate(record: dict, name: str) -> None:
          "certificate, model and property must be objects")
     need(isinstance(model.get("sha256"), str), "model.sha256")
     kind = prop.get("kind")
-    need(kind in _KINDS, f"unknown property kind {kind!r}")
+    need(isinstance(kind, str) and kind in _KINDS, f"unknown property kind {kind!r}")
     need(all(k in prop for k in _KINDS[kind]), f"property needs {', '.join(_KINDS[kind])}")
-    if kind != "vnnlib":
+    if kind == "vnnlib":
+        need(isinstance(prop["path"], str) and isinstance(prop["sha256"], str)
+             and isinstance(prop.get("resolved", ""), str), "property.path / sha256")
+    else:
         x = prop["x"]
-        need(isinstance(x, list) and x and all(isinstance(v, (int, float)) and
-                                                not isinstance(v, bool) for v in x), "property.x")
-        need(isinstance(prop["label"], int) and not isinstance(prop["label"], bool),
-             "property.label")
+        need(isinstance(x, list) and x and all(_is_num(v) for v in x), "property.x")
+        need(_is_int(prop["label"]), "property.label")
+        need(prop.get("target") is None or _is_int(prop["target"]), "property.target")
         dom = prop["domain"]
-        need(isinstance(dom, list) and len(dom) == 2 and all(isinstance(v, (int, float))
-                                                            for v in dom), "property.domain")
-    cx = cert.get("counterexample")
-    need(cx is None or (isinstance(cx, list) and all(isinstance(v, (int, float)) and
-                                                     not isinstance(v, bool) for v in cx)),
-         "certificate.counterexample")
+        need(isinstance(dom, list) and len(dom) == 2 and all(_is_num(v) for v in dom),
+             "property.domain")
+    if kind == "linf_ball":
+        need(_is_num(prop["eps"]), "property.eps")
+    if kind == "min_distortion":
+        need(isinstance(prop["norm"], str), "property.norm")
+        need(prop.get("max_eps") is None or _is_num(prop["max_eps"]), "property.max_eps")
+    cx, out = cert.get("counterexample"), cert.get("output")
+    for v, what in ((cx, "counterexample"), (out, "output")):
+        need(v is None or (isinstance(v, list) and all(_is_num(u) for u in v)),
+             f"certificate.{what}")
+    need(isinstance(cert.get("method", ""), str), "certificate.method")
+    need(_is_num(cert.get("time_s", 0.0)), "certificate.time_s")
     if kind == "min_distortion":
         need(cert.get("status") in DISTORTION_STATUSES, "certificate.status")
+        for k in ("distortion_lower", "distortion_upper"):
+            need(cert.get(k) is None or _is_num(cert[k]), f"certificate.{k}")
     else:
-        need(cert.get("status") in STATUSES, "certificate.status")
-        need(cert.get("status") != "falsified" or isinstance(cx, list),
+        status = cert.get("status")
+        need(status in STATUSES, "certificate.status")
+        for k in ("margin_lower", "margin_upper"):
+            need(cert.get(k) is None or _is_num(cert[k]), f"certificate.{k}")
+        need(status != "falsified" or isinstance(cx, list),
              "a falsified certificate needs its counterexample")
+        need(status != "verified" or (_is_num(cert.get("margin_lower")) and
+                                      cert["margin_lower"] > 0 and cx is None),
+             "a verified certificate needs margin_lower > 0 and no counterexample")

@@ -136,10 +136,23 @@ def _run(args) -> int:
         raise UsageError("use one of --vnnlib, --input or --dataset")
     if args.min_distortion:
         return _distortion(args, modes)
+    _check_property_args(args, modes)
+    if not modes:
+        net = api.load(args.model)
+        print(net.summary())
+        print(api.forward_check(net))
+        return 0
+    if modes == ["dataset"]:
+        return _dataset(api.load(args.model), args, _options(args))
+    return _single(args, modes[0], _options(args))
+
+
+def _check_property_args(args, modes) -> None:
+    """Which options go with which mode: fail on the first one that does not apply."""
     if args.norm != "inf":
         raise UsageError("--norm needs --min-distortion")
     for name in ("certificate", "results_file", "export"):
-        if getattr(args, name) and (not modes or modes == ["dataset"]):
+        if getattr(args, name) and modes in ([], ["dataset"]):
             raise UsageError(f"--{name.replace('_', '-')} needs a single property "
                              f"(--input or --vnnlib)")
     _check_output_paths(args)
@@ -147,10 +160,7 @@ def _run(args) -> int:
         extra = _given(args, "eps", "label", "target", "timeout", "method", "json")
         if extra:
             raise UsageError(f"{extra[0]} needs a property (--input, --vnnlib or --dataset)")
-        net = api.load(args.model)
-        print(net.summary())
-        print(api.forward_check(net))
-        return 0
+        return
     if modes == ["vnnlib"] and _given(args, "eps", "label", "target"):
         raise UsageError(f"{_given(args, 'eps', 'label', 'target')[0]} does not apply to "
                          f"--vnnlib (the file holds the whole property)")
@@ -160,21 +170,23 @@ def _run(args) -> int:
         raise UsageError("--label is required with --input")
     if modes == ["dataset"] and args.label is not None:
         raise UsageError("--label does not apply to --dataset (the labels are its array y)")
-    options = _options(args)
-    if modes == ["input"]:
-        x = _read_npy(args.input)       # read before the model: cheap errors first
-    net = api.load(args.model)
-    if modes == ["dataset"]:
-        return _dataset(net, args, options)
-    if modes == ["vnnlib"]:
+
+
+def _single(args, mode: str, options) -> int:
+    """One property (--input or --vnnlib): export, verify, report."""
+    if mode == "input":
+        x = _read_npy(args.input)               # cheap errors before loading the model
+    else:
         _need_file(args.vnnlib, "VNN-LIB file")
+    net = api.load(args.model)
+    if mode == "vnnlib":
         prop = api.read_vnnlib(net, args.vnnlib)
         record = {"kind": "vnnlib", **file_entry(args.vnnlib)}
     else:
         prop = api.robustness(net, x, args.label, args.eps, domain=args.domain, target=args.target)
-        record = {"kind": "linf_ball", "x": x.reshape(-1),
-                  "label": args.label, "eps": args.eps, "domain": list(args.domain),
-                  "target": args.target, "input": file_entry(args.input)}
+        record = {"kind": "linf_ball", "x": x.reshape(-1), "label": args.label, "eps": args.eps,
+                  "domain": list(args.domain), "target": args.target,
+                  "input": file_entry(args.input)}
     exported = api.export_milp(net, prop, args.export) if args.export else None
     cert = api.verify_property(net, prop, options)
     return _report(cert, args, record, options, exported)
@@ -209,7 +221,8 @@ def _check_output_paths(args) -> None:
         if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
             raise UsageError(f"{flag}: cannot write {p} (permission denied)")
     if args.export and Path(args.export).suffix.lower() not in (".mps", ".lp"):
-        raise UsageError(f"--export: the file must end in .mps or .lp, not {Path(args.export).name!r}")
+        raise UsageError(f"--export: the file must end in .mps or .lp, "
+                         f"not {Path(args.export).name!r}")
 
 
 def _instances(args) -> int:

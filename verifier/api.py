@@ -123,15 +123,17 @@ def _options(options, timeout, method) -> Options:
     return Options(**{**options.__dict__, **changes}) if changes else options
 
 
-def verify_property(net: Graph, prop: Property, options: Options) -> Certificate:
-    """Run the pipeline on a parsed property; see the module docstring for the guarantees."""
+def verify_property(net: Graph, prop: Property, options: Options, progress=None) -> Certificate:
+    """Run the pipeline on a parsed property; see the module docstring for the guarantees.
+    ``progress(phase, info)``, if given, is called as each phase ends (attack, bounds, split,
+    milp) with a small dict of what it found."""
     from threadpoolctl import threadpool_limits
 
     from .pipeline import run
     # one BLAS thread per solve: the products here are small, and on a shared machine a
     # multi-threaded BLAS made them up to 100x slower (measured on 2 cores with other jobs)
     with threadpool_limits(limits=options.threads):
-        return run(net, prop, options)
+        return run(net, prop, options, progress)
 
 
 # --------------------------------------------------------------------------------------------

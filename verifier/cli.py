@@ -188,7 +188,7 @@ def _single(args, mode: str, options) -> int:
                   "domain": list(args.domain), "target": args.target,
                   "input": file_entry(args.input)}
     exported = api.export_milp(net, prop, args.export) if args.export else None
-    cert = api.verify_property(net, prop, options)
+    cert = api.verify_property(net, prop, options, _progress())
     return _report(cert, args, record, options, exported)
 
 
@@ -241,6 +241,18 @@ def _instances(args) -> int:
                             progress=sys.stderr.isatty(), json_lines=args.json)
     print(s.table(), file=sys.stderr if args.json else sys.stdout)
     return 1 if s.wrong else 0
+
+
+def _progress():
+    """A line per finished phase on stderr, only when a person is watching it."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(phase, info):
+        items = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in info.items())
+        print(f"[{phase}] {items}", file=sys.stderr, flush=True)
+    return show
 
 
 def _read_npy(path) -> np.ndarray:
@@ -418,7 +430,7 @@ def _dataset(net, args, options) -> int:
     if not args.json:
         print(f"{'#':>4}  {'label':>5}  answer")
     for i, (prop, y) in enumerate(zip(props, ys)):
-        cert = api.verify_property(net, prop, options)
+        cert = api.verify_property(net, prop, options, _progress())
         counts[cert.status] += 1
         print(json.dumps({"index": i, **cert.to_dict()}) if args.json
               else f"{i:>4}  {int(y):>5}  {cert.summary_line()}", flush=True)

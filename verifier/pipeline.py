@@ -50,8 +50,13 @@ class _Clock:
         return time.perf_counter() - self.t0
 
 
-def run(net: Graph, prop: Property, options: Options) -> Certificate:
+def _quiet(phase, info):
+    pass
+
+
+def run(net: Graph, prop: Property, options: Options, progress=None) -> Certificate:
     clock = _Clock(options.timeout)
+    progress = progress or _quiet
     stats: dict = {"relus": net.relu_count, "cases": len(prop.cases)}
     best_x, best_upper = None, math.inf
 
@@ -64,6 +69,7 @@ def run(net: Graph, prop: Property, options: Options) -> Certificate:
     if options.method in ("auto", "attack"):
         share = 1.0 if options.method == "attack" else options.attack_share
         found, margin = _attack(net, prop, options.timeout * share, options.seed, stats)
+        progress("attack", dict(stats["attack"], found=found.found))
         if found.found:
             return cert("falsified", "attack", upper=margin, x=found.x32, y=found.y32)
         best_x, best_upper = found.attack.x_best, found.attack.margin_best
@@ -78,7 +84,8 @@ def run(net: Graph, prop: Property, options: Options) -> Certificate:
         if clock.left() <= 0:
             return cert("timeout", _strongest(methods), upper=best_upper)
         start = best_x if best_x is not None and case.box.contains(best_x) else None
-        outcome = _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats)
+        outcome = _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats,
+                               progress)
         if outcome.status == "falsified":
             return cert("falsified", outcome.method, upper=outcome.upper, x=outcome.x32,
                         y=outcome.y32)
@@ -130,7 +137,8 @@ def _conj_lower(row_lower, owner, n_conj) -> np.ndarray:
     return out
 
 
-def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats) -> _Outcome:
+def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats,
+                 progress) -> _Outcome:
     C, d, owner = _stack(case)
     n_conj = len(case.unsafe)
     case_stats = stats.setdefault("per_case", [])
@@ -144,6 +152,8 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         bounds = compute_bounds(net, case.box, level=level, C=C, d=d, time_budget=budget)
         conj_lower = np.maximum(conj_lower, _conj_lower(bounds.margin_lower, owner, n_conj))
         entry["bounds"] = bounds.report.to_dict()
+        progress("bounds", {"case": k, "level": level, "unstable": bounds.report.levels[-1].unstable,
+                            "margin_lower": float(conj_lower.min())})
         if conj_lower.min() > 0:
             return _Outcome("verified", level if level != "symbolic" else "bounds",
                             lower=float(conj_lower.min()))
@@ -153,6 +163,7 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         # few inputs: branch and bound on the input box beats one big MILP (ACAS Xu)
         r = input_split.split_case(net, prop, k, clock.deadline)
         entry["split"] = {"boxes": r.boxes, "rounds": r.rounds, "status": r.status}
+        progress("split", dict(entry["split"], case=k))
         if r.status == "falsified":
             return _Outcome("falsified", "split", upper=r.margin_upper, x32=r.x32, y32=r.y32)
         if r.status in ("verified", "timeout"):
@@ -165,6 +176,8 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     result = solve_case(net, bounds, case, time_limit=max(clock.left(), 0.01), start=start,
                         margin_lower=conj_lower, threads=options.threads)
     entry["milp"] = result.stats
+    progress("milp", {"case": k, "status": result.status, "binaries": result.stats.get("binaries"),
+                      "nodes": result.stats.get("nodes")})
     lower = max(float(conj_lower.min()), result.margin_lower)
     if result.status == "verified":
         return _Outcome("verified", "milp", lower=result.margin_lower)

@@ -6,9 +6,9 @@
     cert.status, cert.margin_lower, cert.counterexample, cert.to_json()
     verifier.verify_vnnlib("model.onnx", "prop.vnnlib", timeout=60)
 """
-from .api import load, verify, verify_vnnlib
+from .api import load, min_distortion, verify, verify_vnnlib
 from .certificate import Certificate
 from .config import Options
 
-__all__ = ["load", "verify", "verify_vnnlib", "Certificate", "Options"]
+__all__ = ["load", "verify", "verify_vnnlib", "min_distortion", "Certificate", "Options"]
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ import numpy as np
 from .crown_batch import batch_bounds, supports
 from .graph import Graph
 from .replay import replay
-from .spec import Case, Property
+from .spec import Case, Property, conjunction_max
 
 MAX_INPUTS = 32          # splitting pays off only in low dimension
 
@@ -53,10 +53,7 @@ class _Bounder:
 
     def conj_margins(self, rows: np.ndarray) -> np.ndarray:
         """(N, rows) → (N, conjunctions): a conjunction's margin is the max of its rows."""
-        out = np.full((rows.shape[0], self.n_conj), -np.inf)
-        for c in range(self.n_conj):
-            out[:, c] = rows[:, self.owner == c].max(axis=1)
-        return out
+        return conjunction_max(rows, self.owner, self.n_conj)
 
     def __call__(self, lo, hi):
         """Lower bound of each box's case margin, and the input slopes of its deciding row."""

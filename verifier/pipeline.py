@@ -25,7 +25,7 @@ from .config import Options
 from .graph import Graph
 from .replay import replay
 from .solvers import solve_case
-from .spec import Case, Property
+from .spec import Property, conjunction_max
 
 # which bound levels and whether the MILP runs, per method
 _PLAN = {
@@ -122,24 +122,9 @@ class _Outcome:
     y32: np.ndarray | None = None
 
 
-def _stack(case: Case):
-    """All rows of all conjunctions, and which conjunction each row belongs to."""
-    C = np.vstack([c.C for c in case.unsafe])
-    d = np.concatenate([c.d for c in case.unsafe])
-    owner = np.repeat(np.arange(len(case.unsafe)), [c.C.shape[0] for c in case.unsafe])
-    return C, d, owner
-
-
-def _conj_lower(row_lower, owner, n_conj) -> np.ndarray:
-    """Sound lower bound of each conjunction's margin max_i(C_i y - d_i): the largest row bound."""
-    out = np.full(n_conj, -np.inf)
-    np.maximum.at(out, owner, row_lower)
-    return out
-
-
 def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats,
                  progress) -> _Outcome:
-    C, d, owner = _stack(case)
+    C, d, owner = case.stacked()
     n_conj = len(case.unsafe)
     case_stats = stats.setdefault("per_case", [])
     entry: dict = {"case": k}
@@ -150,7 +135,7 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         if level == "lp" and budget < 0.05:
             break
         bounds = compute_bounds(net, case.box, level=level, C=C, d=d, time_budget=budget)
-        conj_lower = np.maximum(conj_lower, _conj_lower(bounds.margin_lower, owner, n_conj))
+        conj_lower = np.maximum(conj_lower, conjunction_max(bounds.margin_lower, owner, n_conj))
         entry["bounds"] = bounds.report.to_dict()
         progress("bounds", {"case": k, "level": level, "unstable": bounds.report.levels[-1].unstable,
                             "margin_lower": float(conj_lower.min())})

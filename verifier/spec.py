@@ -144,6 +144,27 @@ class Case:
         """``min`` of the conjunctions' margins: <= 0 iff ``y`` is in the unsafe region."""
         return float(np.min([c.margin(y) for c in self.unsafe]))
 
+    def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All conjunctions' rows as one ``C @ y - d``, and ``owner[i]``: the conjunction of row i."""
+        C = np.vstack([c.C for c in self.unsafe])
+        d = np.concatenate([c.d for c in self.unsafe])
+        owner = np.repeat(np.arange(len(self.unsafe)), [c.C.shape[0] for c in self.unsafe])
+        return C, d, owner
+
+
+def conjunction_max(rows: np.ndarray, owner: np.ndarray, n_conj: int) -> np.ndarray:
+    """Per conjunction, the max over its rows of ``rows`` (``(..., n_rows)`` → ``(..., n_conj)``).
+
+    A conjunction's margin is the max of its rows' values; applied to lower bounds of the rows it
+    gives lower bounds of the conjunctions' margins."""
+    rows = np.asarray(rows, np.float64)
+    out = np.full(rows.shape[:-1] + (n_conj,), -np.inf)
+    for c in range(n_conj):
+        sel = rows[..., owner == c]
+        if sel.shape[-1]:
+            out[..., c] = sel.max(axis=-1)
+    return out
+
 
 @dataclass(frozen=True, eq=False)
 class Property:

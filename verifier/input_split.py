@@ -50,6 +50,7 @@ class _Bounder:
         self.owner = np.repeat(np.arange(len(case.unsafe)), [C.shape[0] for C, _ in rows])
         self.n_conj = len(case.unsafe)
         self.count = 0
+        self.seconds_per_box = 0.0       # the slowest pace seen, for fitting batches to deadlines
 
     def conj_margins(self, rows: np.ndarray) -> np.ndarray:
         """(N, rows) → (N, conjunctions): a conjunction's margin is the max of its rows."""
@@ -58,7 +59,10 @@ class _Bounder:
     def __call__(self, lo, hi):
         """Lower bound of each box's case margin, and the input slopes of its deciding row."""
         self.count += lo.shape[0]
+        t0 = time.perf_counter()
         rows, coef = batch_bounds(self.graph, lo, hi, self.C, self.d)
+        self.seconds_per_box = max(self.seconds_per_box,
+                                   (time.perf_counter() - t0) / lo.shape[0])
         conj = self.conj_margins(rows)
         worst = conj.argmin(axis=1)
         masked = np.where(self.owner[None, :] == worst[:, None], rows, -np.inf)
@@ -136,8 +140,10 @@ def split_case(graph: Graph, prop: Property, k: int, deadline: float,
         best_upper = min(best_upper, upper)
         if axes.size == 0:
             return result("unknown")
-        # look-ahead split of at most max_children / (2 * axes) boxes per batch
-        per = max(1, max_children // (2 * axes.size))
+        # look-ahead split of at most max_children / (2 * axes) boxes per batch, fewer when the
+        # time left would not cover a full batch at the pace measured so far
+        fits = (deadline - time.perf_counter()) / max(bound.seconds_per_box, 1e-6)
+        per = max(1, min(max_children, int(fits)) // (2 * axes.size))
         if lo.shape[0] > per:
             queue.append((lo[per:], hi[per:], lb[per:], slope[per:]))
             lo, hi, lb = lo[:per], hi[:per], lb[:per]

@@ -45,16 +45,20 @@ class _Bounder:
     def __init__(self, graph: Graph, case: Case):
         self.graph = graph
         rows = [_with_sums(c.C, c.d) for c in case.unsafe]
-        self.C = np.vstack([C for C, _ in rows])
-        self.d = np.concatenate([d for _, d in rows])
-        self.owner = np.repeat(np.arange(len(case.unsafe)), [C.shape[0] for C, _ in rows])
+        self.C = np.vstack([C for C, _, _ in rows])
+        self.d = np.concatenate([d for _, d, _ in rows])
+        self.scale = np.concatenate([w for _, _, w in rows])     # 1 / (rows in the sum)
+        self.owner = np.repeat(np.arange(len(case.unsafe)), [C.shape[0] for C, _, _ in rows])
         self.n_conj = len(case.unsafe)
         self.count = 0
         self.seconds_per_box = 0.0       # the slowest pace seen, for fitting batches to deadlines
 
     def conj_margins(self, rows: np.ndarray) -> np.ndarray:
-        """(N, rows) → (N, conjunctions): a conjunction's margin is the max of its rows."""
-        return conjunction_max(rows, self.owner, self.n_conj)
+        """(N, rows) → (N, conjunctions): a conjunction's margin is the max of its rows, and at
+        least the mean of any of them: a sum row counts divided by its number of rows (rounded
+        down, so a lower bound of the sum stays a lower bound of the margin)."""
+        mean = np.where(self.scale < 1, np.nextafter(rows * self.scale, -np.inf), rows)
+        return conjunction_max(mean, self.owner, self.n_conj)
 
     def __call__(self, lo, hi):
         """Lower bound of each box's case margin, and the input slopes of its deciding row."""
@@ -65,7 +69,7 @@ class _Bounder:
                                    (time.perf_counter() - t0) / lo.shape[0])
         conj = self.conj_margins(rows)
         worst = conj.argmin(axis=1)
-        masked = np.where(self.owner[None, :] == worst[:, None], rows, -np.inf)
+        masked = np.where(self.owner[None, :] == worst[:, None], rows * self.scale, -np.inf)
         best_row = masked.argmax(axis=1)
         return conj.min(axis=1), coef[np.arange(lo.shape[0]), best_row, :]
 
@@ -87,12 +91,13 @@ def _with_sums(C, d, max_rows: int = 5):
 
     The conjunction's margin is ``max_i (C_i y - d_i)``; a sum of rows can be positive over a box
     where no single row is (ACAS Xu prop_3: "COC is not the minimal score" holds through different
-    outputs in different parts of the box), and if it is, some row is.  Only sums that float
-    computes exactly are kept (true for ±1/0 rows), so the bound proved is for the exact sum."""
+    outputs in different parts of the box), and the max is at least the sum's mean.  Only sums
+    that float computes exactly are kept (true for ±1/0 rows), so the bound proved is for the exact
+    sum.  Returns the rows, offsets, and per row 1 / (number of rows summed)."""
     k = C.shape[0]
     if k < 2 or k > max_rows:
-        return C, d
-    extra_C, extra_d = [C], [d]
+        return C, d, np.ones(k)
+    extra_C, extra_d, scale = [C], [d], [np.ones(k)]
     for m in range(1, 2 ** k):
         pick = [i for i in range(k) if (m >> i) & 1]
         if len(pick) < 2:
@@ -101,7 +106,8 @@ def _with_sums(C, d, max_rows: int = 5):
         if cs is not None and ds is not None:
             extra_C.append(cs[None, :])
             extra_d.append(np.atleast_1d(ds))
-    return np.vstack(extra_C), np.concatenate(extra_d)
+            scale.append(np.array([1.0 / len(pick)]))
+    return np.vstack(extra_C), np.concatenate(extra_d), np.concatenate(scale)
 
 
 def split_case(graph: Graph, prop: Property, k: int, deadline: float,

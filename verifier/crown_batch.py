@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .bounds._fp import TINY, U, gamma
+from .bounds.core import matmul_rows
 from .graph import Graph, Input, Linear, Relu
 
 
@@ -35,9 +36,7 @@ def _dot(L: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _rows_times(L: np.ndarray, A) -> np.ndarray:
     """``L @ A`` for ``L`` of shape (B, k, s) and a dense or sparse ``A`` (s, p)."""
     B, k, s = L.shape
-    flat = L.reshape(B * k, s)
-    out = np.asarray((A.T @ flat.T).T) if sp.issparse(A) else flat @ A
-    return out.reshape(B, k, -1)
+    return matmul_rows(L.reshape(B * k, s), A).reshape(B, k, -1)
 
 
 class _Net:
@@ -82,14 +81,11 @@ class _Net:
             for k, (A, j) in enumerate(zip(node.mats, node.inputs)):
                 c = 0.5 * (self.lower[j] + self.upper[j])
                 r = 0.5 * (self.upper[j] - self.lower[j])
-                mid = c @ A.T if not sp.issparse(A) else np.asarray((A @ c.T).T)
-                rad = r @ self.abs_mat(i, k).T if not sp.issparse(A) else \
-                    np.asarray((self.abs_mat(i, k) @ r.T).T)
+                absA = self.abs_mat(i, k)
+                mid, rad = matmul_rows(c, A.T), matmul_rows(r, absA.T)
                 lo += mid - rad
                 hi += mid + rad
-                m = self.mag[j]
-                absimg += m @ self.abs_mat(i, k).T if not sp.issparse(A) else \
-                    np.asarray((self.abs_mat(i, k) @ m.T).T)
+                absimg += matmul_rows(self.mag[j], absA.T)
             nt = self.n_terms(i)
             self.absimg[i] = absimg
             self.fwd[i] = gamma(nt) * absimg + nt * TINY

@@ -9,14 +9,14 @@ import numpy as np
 
 import highspy
 
+from ..solvers.highs import new_highs
 from .lp_model import LPArrays
 
 
 def make_solver(lp: LPArrays, milp: bool = False, threads: int = 1) -> highspy.Highs:
     """A silent HiGHS object holding ``lp`` with zero costs, presolve off (so the objective-bound
     cutoff works and the basis carries over between objectives), dual simplex."""
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     h.setOptionValue("presolve", "off")
     h.setOptionValue("threads", threads)
     if not milp:

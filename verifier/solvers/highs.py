@@ -19,6 +19,8 @@ Option choices (all explicit in ``_OPTIONS``; measured on the mnist_fc 256x2/4/6
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import sys
 import time
 
 import numpy as np
@@ -32,6 +34,26 @@ _OPTIONS = {
     "presolve_rule_off": 16384,
     "small_matrix_value": 1e-12,
 }
+
+
+def new_highs():
+    """A silent ``highspy.Highs`` object.  highspy 1.16 prints its banner on the C-level stdout when
+    the first object of a process is constructed, before any option can be set, which breaks
+    ``--json``: the constructor runs with file descriptor 1 pointed at /dev/null (cheap; done for
+    every object, so a release that prints on each construction is covered too)."""
+    import highspy
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+    return h
 
 
 def _status_table():
@@ -74,7 +96,7 @@ def _solve(model, *, time_limit, start, cutoff, stop_above, stop_below, mip_rel_
            threads, options) -> SolveResult:
     import highspy
     t0 = time.perf_counter()
-    h = highspy.Highs()
+    h = new_highs()
     opts = dict(_OPTIONS, threads=int(threads), mip_rel_gap=float(mip_rel_gap),
                 mip_abs_gap=float(mip_abs_gap))
     if time_limit is not None:

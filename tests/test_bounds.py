@@ -12,9 +12,10 @@ import pytest
 import scipy.sparse as sp
 
 from verifier.bounds import LEVELS, compute_bounds
-from verifier.bounds import _highs
-from verifier.bounds.lp_model import DualBounder, LPArrays
+from verifier.encode import Model
 from verifier.graph import Graph, Input, Linear, MaxPool, Relu
+from verifier.solvers import DualBound
+from verifier.solvers.highs import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "benchmarks" / "vnncomp2022" / "mnist_fc"
@@ -120,7 +121,7 @@ def test_random_nets_sound_and_nested(kind, seed):
     C = rng.normal(size=(3, g.n_outputs))
     d = rng.normal(size=3)
     X = _samples(rng, lo, hi)
-    levels = ["interval", "symbolic", "lp"] + (["milp"] if seed < 2 else [])
+    levels = ["interval", "symbolic", "alpha", "lp"] + (["milp"] if seed < 2 else [])
     res = [compute_bounds(g, None, lev, C, d, lower=lo, upper=hi, time_budget=20) for lev in levels]
     for b in res:
         _check_contains(g, b, X, C, d)
@@ -209,6 +210,8 @@ def test_two_neuron_net_known_values():
     assert bs.upper[3][0] >= 3.0 and bi.lower[1][0] <= -2.0
     rep = bs.report.to_dict()
     assert [lv["level"] for lv in rep["levels"]] == ["interval", "symbolic"]
+    assert [lv["level"] for lv in bl.report.to_dict()["levels"]][:4] == \
+        ["interval", "symbolic", "alpha", "lp"]
     assert rep["levels"][1]["relu"]["2"] == {"active": 0, "inactive": 0, "unstable": 2}
 
 
@@ -252,7 +255,18 @@ def _random_lp(rng, m, n):
     row_hi[rng.random(m) < 0.3] = np.inf
     col_lo = x0 - rng.random(n) * 3
     col_hi = x0 + rng.random(n) * 3
-    return LPArrays(sp.csr_array(A), row_lo, row_hi, col_lo, col_hi, {}, np.zeros(0, np.int64))
+    return _model(A, row_lo, row_hi, col_lo, col_hi)
+
+
+def _model(A, rl, ru, lb, ub):
+    n = A.shape[1]
+    return Model(np.zeros(n), 0.0, sp.csr_array(A), rl, ru, lb, ub, np.zeros(n, np.int32), ())
+
+
+def _solve_lp(lp, c):
+    sess = Session(lp)
+    status, y, info = sess.minimise(np.arange(lp.n_cols), c, 10.0)
+    return sess, status, y, info
 
 
 def test_dual_bound_is_valid_and_tight_on_random_lps():
@@ -261,20 +275,18 @@ def test_dual_bound_is_valid_and_tight_on_random_lps():
         m, n = int(rng.integers(3, 30)), int(rng.integers(3, 30))
         lp = _random_lp(rng, m, n)
         c = rng.normal(size=n)
-        h = _highs.make_solver(lp)
-        _highs.set_objective(h, None, np.arange(n), c)
-        status, y, info = _highs.solve(h, 10.0)
-        assert status == "Optimal"
-        x = np.asarray(h.getSolution().col_value)
-        db = DualBounder(lp)
-        bound = db.bound(c, y)
+        sess, status, y, info = _solve_lp(lp, c)
+        assert status == "optimal"
+        x = np.asarray(sess.h.getSolution().col_value)
+        db = DualBound(lp)
+        bound = db.bound(y, c)
         opt = info["objective"]
         assert bound <= c @ x + 1e-9 and bound <= opt + 1e-9
         assert bound >= opt - 1e-6
         # any multiplier vector gives a valid bound: perturbed duals stay below the optimum
         for _ in range(5):
             yp = y + rng.normal(size=m) * 0.5
-            assert db.bound(c, yp) <= opt + 1e-9
+            assert db.bound(yp, c) <= opt + 1e-9
 
 
 def test_dual_bound_against_enumerated_vertices():
@@ -282,11 +294,10 @@ def test_dual_bound_against_enumerated_vertices():
     for seed in range(20):
         rng = np.random.default_rng(100 + seed)
         A = rng.normal(size=(3, 2))
-        lp = LPArrays(sp.csr_array(A), np.full(3, -np.inf), rng.random(3) + 0.5,
-                      -np.ones(2), np.ones(2), {}, np.zeros(0, np.int64))
+        lp = _model(A, np.full(3, -np.inf), rng.random(3) + 0.5, -np.ones(2), np.ones(2))
         c = rng.normal(size=2)
         # vertices: intersections of any two of the 3 rows and 4 box sides
-        lines = [(A[i], lp.row_hi[i]) for i in range(3)] + \
+        lines = [(A[i], lp.ru[i]) for i in range(3)] + \
                 [(np.array(v), s) for v, s in (([1, 0], 1), ([1, 0], -1), ([0, 1], 1), ([0, 1], -1))]
         best = np.inf
         for i in range(len(lines)):
@@ -295,14 +306,12 @@ def test_dual_bound_against_enumerated_vertices():
                 if abs(np.linalg.det(M)) < 1e-12:
                     continue
                 v = np.linalg.solve(M, [lines[i][1], lines[j][1]])
-                if np.all(np.abs(v) <= 1 + 1e-12) and np.all(A @ v <= lp.row_hi + 1e-12):
+                if np.all(np.abs(v) <= 1 + 1e-12) and np.all(A @ v <= lp.ru + 1e-12):
                     best = min(best, c @ v)
         if not np.isfinite(best):
             continue                              # infeasible draw (0 is feasible, so rare)
-        h = _highs.make_solver(lp)
-        _highs.set_objective(h, None, np.arange(2), c)
-        _, y, _ = _highs.solve(h, 10.0)
-        b = DualBounder(lp).bound(c, y)
+        _, _, y, _ = _solve_lp(lp, c)
+        b = DualBound(lp).bound(y, c)
         assert b <= best + 1e-12 and b >= best - 1e-6
 
 
@@ -328,17 +337,18 @@ def test_mnist_fc_all_levels_sound_and_nested():
     C = np.vstack([c.C for c in case.unsafe])
     d = np.concatenate([c.d for c in case.unsafe])
     res = [compute_bounds(g, case.box, lev, C, d, time_budget=30)
-           for lev in ("interval", "symbolic", "lp")]
+           for lev in ("interval", "symbolic", "alpha", "lp")]
     rng = np.random.default_rng(0)
     X = _samples(rng, lo, hi, n=300)
     for b in res:
         _check_contains(g, b, X, C, d)
     for inner, outer in zip(res[1:], res[:-1]):
         _check_nested(inner, outer)
-    ui, us, ul = (b.report.levels[-1].unstable for b in res)
-    assert ul < us < ui
+    ui, us, ua, ul = (b.report.levels[-1].unstable for b in res)
+    assert ul < us < ui and ua == us          # the alpha level tightens margins only
     assert res[1].report.levels[1].time_s < 1.0
-    assert np.min(res[2].margin_lower) > np.min(res[1].margin_lower)
+    assert np.min(res[2].margin_lower) >= np.min(res[1].margin_lower)   # proved: alpha not run
+    assert np.min(res[3].margin_lower) > np.min(res[1].margin_lower)
 
 
 def test_lp_time_budget_exhausted_keeps_earlier_bounds():
@@ -366,4 +376,4 @@ def test_bad_arguments():
         compute_bounds(g, (lo, np.full_like(hi, np.inf)), "interval")
     with pytest.raises(ValueError):
         compute_bounds(g, (lo[:-1], hi[:-1]), "interval")
-    assert LEVELS == ("interval", "symbolic", "lp", "milp")
+    assert LEVELS == ("interval", "symbolic", "alpha", "lp", "milp")

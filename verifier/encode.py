@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.sparse as sp
 
-from .graph import Graph, Input, Linear, MaxPool, Relu
+from .fp import affine_interval
+from .graph import Graph
 
 INF = np.inf
 
@@ -83,10 +84,6 @@ class Model:
     @property
     def n_binaries(self) -> int:
         return int(np.count_nonzero(self.integrality))
-
-    @property
-    def input_cols(self) -> np.ndarray:
-        return self.vars[0].cols
 
     def stats(self) -> dict:
         return {"rows": self.n_rows, "cols": self.n_cols, "binaries": self.n_binaries,
@@ -164,138 +161,73 @@ def _as_bounds(bounds):
             [np.asarray(v, np.float64).ravel() for v in up])
 
 
-def _ancestors(graph: Graph, upto: int) -> np.ndarray:
-    need = np.zeros(len(graph.nodes), bool)
-    need[upto] = True
-    for i in range(upto, -1, -1):
-        if need[i]:
-            need[list(graph.nodes[i].inputs)] = True
-    need[0] = True
-    return need
+def support(graph: Graph, lower: list, upper: list, targets: dict) -> dict:
+    """The entries a model for ``targets`` (node -> mask of wanted entries) must hold: everything
+    they depend on through nonzero coefficients, minus what the bounds fix (inactive ReLUs are the
+    constant 0, dropped max-pool entries never win).  Dropping entries nothing kept depends on
+    loses no constraint on the kept ones."""
+    nodes = graph.nodes
+    keep = {i: np.asarray(m, bool).copy() for i, m in targets.items()}
+    for i in range(max(keep), 0, -1):
+        K = keep.get(i)
+        if K is None or not K.any():
+            continue
+        nd = nodes[i]
+        masks = nd.support(K, [lower[j] for j in nd.inputs], [upper[j] for j in nd.inputs])
+        for j, m in zip(nd.inputs, masks):
+            keep[j] = keep[j] | m if j in keep else m
+    return {i: K for i, K in keep.items() if K.any() or i == 0}
 
 
-def _dense_coo(A):
-    """Nonzero triplets of a dense ndarray or scipy.sparse matrix."""
-    if sp.issparse(A):
-        C = sp.coo_array(A)
-        return C.row.astype(np.int64), C.col.astype(np.int64), C.data.astype(np.float64)
-    A = np.asarray(A, np.float64)
-    r, c = np.nonzero(A)
-    return r.astype(np.int64), c.astype(np.int64), A[r, c]
-
-
-def encode_network(graph: Graph, bounds, box, *, upto: int | None = None) -> Model:
+def encode_network(graph: Graph, bounds, box, *, upto: int | None = None, keep: dict | None = None,
+                   slack: list | None = None, binaries: bool = True) -> Model:
     """Encode the nodes ``graph.output`` (or ``upto``) depends on, for inputs in ``box``.
 
     ``bounds`` must be sound on ``box`` and finite for every Relu/MaxPool input (they set the
-    big-M constants).  Returns a ``Model`` with a zero objective; add one with
-    ``conjunction_objective`` / ``disjunction_objective`` / ``linear_objective``."""
+    big-M constants).  ``keep`` (node -> mask, see ``support``): encode only those entries (default:
+    every entry of every ancestor).  ``slack`` (per node, the float error allowance of each Linear
+    node, or None): Linear rows become ``b - slack <= y - A x <= b + slack`` instead of equalities,
+    so the model also holds the float64 network.  ``binaries=False``: no integer columns (ReLUs get
+    the triangle, max-pool selections continuous weights): an LP relaxation with fewer columns.
+    Returns a ``Model`` with a zero objective; add one with ``conjunction_objective`` /
+    ``disjunction_objective`` / ``linear_objective``."""
     lower, upper = _as_bounds(bounds)
-    upto = graph.output if upto is None else upto
-    need = _ancestors(graph, upto)
+    nodes = graph.nodes
+    if keep is None:
+        upto = graph.output if upto is None else upto
+        keep = support(graph, lower, upper, {upto: np.ones(nodes[upto].size, bool)})
+        keep = {i: np.ones(nodes[i].size, bool) for i in keep}
     b = _Builder()
-    V: list[NodeVars | None] = [None] * len(graph.nodes)
+    V: list[NodeVars | None] = [None] * len(nodes)
     relu_bins, pool_bins = [], []
-    for i, node in enumerate(graph.nodes[: upto + 1]):
-        if not need[i]:
-            continue
+    for i in sorted(keep):
+        node, own = nodes[i], keep[i]
         lo, up = lower[i], upper[i]
-        if isinstance(node, Input):
+        if i == 0:
             cl = np.maximum(np.asarray(box.lower, np.float64).ravel(), lo)
             cu = np.minimum(np.asarray(box.upper, np.float64).ravel(), up)
             if (cl > cu).any():
                 raise ValueError("input box and input bounds do not intersect")
-            V[i] = NodeVars(b.cols(cl, cu), np.zeros(node.size))
-        elif isinstance(node, Linear):
-            y = b.cols(lo, up)
-            n = node.size
-            terms = [(np.arange(n), y, 0.0, 1.0)]
-            for A, j in zip(node.mats, node.inputs):
-                r, c, v = _dense_coo(A)
-                terms.append((r, V[j].cols[c], V[j].const[c], -v))
-            b.rows(n, terms, node.bias, node.bias)
-            V[i] = NodeVars(y, np.zeros(n))
-        elif isinstance(node, Relu):
-            V[i], bins = _relu(b, V[node.inputs[0]], lower[node.inputs[0]],
-                               upper[node.inputs[0]], lo, up)
-            if bins[0].size:
-                relu_bins.append((i,) + bins)
-        elif isinstance(node, MaxPool):
-            V[i], bins = _maxpool(b, node.windows, V[node.inputs[0]], lower[node.inputs[0]],
-                                  upper[node.inputs[0]], lo, up)
-            if bins[0].size:
-                pool_bins.append((i,) + bins)
+            cols = np.full(node.size, -1, np.int64)
+            cols[own] = b.cols(cl[own], cu[own])
+            V[0] = NodeVars(cols, np.where(own, 0.0, np.nan))
+            continue
+        xs = [(V[j].cols, V[j].const) for j in node.inputs]
+        if node.affine:
+            (cols, const), bins = node.encode(b, xs, lo, up, np.flatnonzero(own),
+                                              None if slack is None else slack[i])
         else:
-            raise TypeError(f"cannot encode node {i} of type {type(node).__name__}")
+            j = node.inputs[0]
+            (cols, const), bins = node.encode(b, xs, lo, up, own, lower[j], upper[j],
+                                              binaries=binaries)
+        V[i] = NodeVars(cols, const)
+        if bins is not None and bins[0].size and len(bins[-1]):
+            (relu_bins if len(bins) == 2 else pool_bins).append((i,) + tuple(bins))
     A, rl, ru, lb, ub, integ = b.assemble()
+    if np.isnan(rl).any() or np.isnan(ru).any():        # a kept entry read one not encoded
+        raise AssertionError("the model reads an entry that was not encoded (support bug)")
     return Model(np.zeros(A.shape[1]), 0.0, A, rl, ru, lb, ub, integ, tuple(V),
                  tuple(relu_bins), tuple(pool_bins))
-
-
-def _relu(b: _Builder, X: NodeVars, l, u, lo, up):
-    cols = np.where(l >= 0, X.cols, -1)                  # active: alias the input
-    const = np.where(l >= 0, X.const, 0.0)               # inactive: constant 0
-    k = np.flatnonzero((l < 0) & (u > 0))
-    if k.size:
-        lk, uk = l[k], u[k]
-        if not (np.isfinite(lk).all() and np.isfinite(uk).all()):
-            raise ValueError("unstable ReLU with an infinite bound: cannot build its big-M")
-        y = b.cols(np.maximum(0.0, lo[k]), np.minimum(uk, up[k]))
-        a = b.cols(np.zeros(k.size), 1.0, binary=True)
-        r = np.arange(k.size)
-        xc, xk = X.cols[k], X.const[k]
-        # rows: y - x >= 0 ;  y - u a <= 0 ;  y - x - l a <= -l
-        b.rows(3 * k.size,
-               [(r, y, 0, 1.0), (r, xc, xk, -1.0),
-                (r + k.size, y, 0, 1.0), (r + k.size, a, 0, -uk),
-                (r + 2 * k.size, y, 0, 1.0), (r + 2 * k.size, xc, xk, -1.0),
-                (r + 2 * k.size, a, 0, -lk)],
-               np.concatenate([np.zeros(k.size), np.full(2 * k.size, -INF)]),
-               np.concatenate([np.full(k.size, INF), np.zeros(k.size), -lk]))
-        cols[k] = y
-        const[k] = 0.0
-    else:
-        a = np.zeros(0, np.int64)
-    return NodeVars(cols.astype(np.int64), const), (k, a)
-
-
-def _maxpool(b: _Builder, W: np.ndarray, X: NodeVars, l, u, lo, up):
-    n, K = W.shape
-    valid = W >= 0
-    Lw = np.where(valid, np.append(l, -INF)[W], -INF)
-    Uw = np.where(valid, np.append(u, -INF)[W], -INF)
-    if not (np.isfinite(Lw[valid]).all() and np.isfinite(Uw[valid]).all()):
-        raise ValueError("maxpool input with an infinite bound: cannot build its big-M")
-    jstar = Lw.argmax(axis=1)
-    Lmax = Lw[np.arange(n), jstar]
-    # an input whose upper bound is <= the best lower bound never beats input jstar: drop it
-    keep = valid & ((Uw > Lmax[:, None]) | (np.arange(K)[None, :] == jstar[:, None]))
-    cnt = keep.sum(axis=1)
-    src = W[np.arange(n), jstar]
-    cols = X.cols[src].copy()                           # single survivor: alias it
-    const = X.const[src].copy()
-    multi = np.flatnonzero(cnt > 1)
-    if multi.size == 0:
-        return NodeVars(cols, const), (np.zeros(0, np.int64),) * 3
-    Umax = Uw[multi].max(axis=1)
-    y = b.cols(np.maximum(Lmax[multi], lo[multi]), np.minimum(Umax, up[multi]))
-    wi, wj = np.nonzero(keep[multi])                    # kept entries, grouped by window
-    src = W[multi][wi, wj]
-    a = b.cols(np.zeros(wi.size), 1.0, binary=True)
-    M = Umax[wi] - l[src]
-    e = np.arange(wi.size)
-    m, q = multi.size, wi.size
-    xc, xk = X.cols[src], X.const[src]
-    # rows: y_w - x_j >= 0 (q) ; y_w - x_j + M a_j <= M (q) ; sum_j a_j = 1 (m)
-    b.rows(2 * q + m,
-           [(e, y[wi], 0, 1.0), (e, xc, xk, -1.0),
-            (e + q, y[wi], 0, 1.0), (e + q, xc, xk, -1.0), (e + q, a, 0, M),
-            (2 * q + wi, a, 0, 1.0)],
-           np.concatenate([np.zeros(q), np.full(q, -INF), np.ones(m)]),
-           np.concatenate([np.full(q, INF), M, np.ones(m)]))
-    cols[multi] = y
-    const[multi] = 0.0
-    return NodeVars(cols, const), (multi[wi], src, a)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,20 +245,6 @@ def _extend(model: Model, b: _Builder, c_new: np.ndarray, offset: float, **kw) -
                    integrality=np.concatenate([model.integrality, in2]), **kw)
 
 
-def row_ranges(C: np.ndarray, d: np.ndarray, lo: np.ndarray, up: np.ndarray):
-    """Interval bounds of ``C y - d`` for ``lo <= y <= up``, and the magnitude ``|C| |y| + |d|`` of
-    each row.  Widened outward by the textbook bound on the rounding error of a length-n dot
-    product, ``(n + 2) u * magnitude``, so the bounds stay sound in floating point."""
-    C = np.atleast_2d(np.asarray(C, np.float64))
-    d = np.asarray(d, np.float64).ravel()
-    Cp, Cn = np.maximum(C, 0), np.minimum(C, 0)
-    rlo = Cp @ lo + Cn @ up - d
-    rup = Cp @ up + Cn @ lo - d
-    mag = np.abs(C) @ np.maximum(np.abs(lo), np.abs(up)) + np.abs(d)
-    err = (C.shape[1] + 4) * np.finfo(np.float64).eps * mag
-    return rlo - err, rup + err, mag
-
-
 def prune_conjunctions(conjs, out_lower, out_upper, margin_lower=None):
     """Which conjunctions still need a solver.  Returns ``(kept, lower)``: indices of conjunctions
     whose margin is not proved > 0, and a sound lower bound on every conjunction's margin over the
@@ -335,7 +253,7 @@ def prune_conjunctions(conjs, out_lower, out_upper, margin_lower=None):
     lo = np.asarray(out_lower, np.float64).ravel()
     up = np.asarray(out_upper, np.float64).ravel()
     # an empty conjunction (no rows) is unsafe everywhere: margin -inf
-    lower = np.array([row_ranges(C, d, lo, up)[0].max(initial=-np.inf)
+    lower = np.array([affine_interval(C, d, lo, up)[0].max(initial=-np.inf)
                       for C, d in _conj_lists(conjs)])
     if margin_lower is not None:
         lower = np.maximum(lower, np.asarray(margin_lower, np.float64))
@@ -386,7 +304,7 @@ def disjunction_objective(model: Model, conjs, out_lower, out_upper,
     cl = _conj_lists(conjs)
     if not cl or any(C.shape[0] == 0 for C, _ in cl):
         raise ValueError("need at least one conjunction, each with at least one row")
-    rng = [row_ranges(C, d, lo, up) for C, d in cl]
+    rng = [affine_interval(C, d, lo, up) for C, d in cl]
     tlo = np.array([r[0].max() for r in rng])            # bounds of each conjunction's margin
     tup = np.array([r[1].max() for r in rng])
     scale = max(1.0, max(float(r[2].max()) for r in rng))

@@ -1,6 +1,6 @@
 """Branch and bound on the input box, for networks with few inputs (ACAS Xu has 5).
 
-Boxes are bounded with batched CROWN (``crown_batch``).  A box whose margin lower bound is > 0 is
+Boxes are bounded in batches by the bound engine (``bounds.engine``: CROWN for every box at once).  A box whose margin lower bound is > 0 is
 done.  For an open box, the network is evaluated at the corner minimising the linear lower bound and
 at the centre; a point with margin <= 0 goes to onnxruntime replay.  Open boxes are split by
 look-ahead: both halves along *every* input are bounded in one batch and the input whose worse half
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crown_batch import batch_bounds, supports
+from .bounds.engine import Engine, domains
 from .graph import Graph
 from .replay import replay
 from .spec import Case, Property, conjunction_max
@@ -25,7 +25,7 @@ MAX_INPUTS = 32          # splitting pays off only in low dimension
 
 
 def applicable(graph: Graph) -> bool:
-    return graph.n_inputs <= MAX_INPUTS and supports(graph)
+    return graph.n_inputs <= MAX_INPUTS
 
 
 @dataclass
@@ -44,6 +44,7 @@ class _Bounder:
 
     def __init__(self, graph: Graph, case: Case):
         self.graph = graph
+        self.engine = Engine(graph)
         rows = [_with_sums(c.C, c.d) for c in case.unsafe]
         self.C = np.vstack([C for C, _, _ in rows])
         self.d = np.concatenate([d for _, d, _ in rows])
@@ -64,7 +65,8 @@ class _Bounder:
         """Lower bound of each box's case margin, and the input slopes of its deciding row."""
         self.count += lo.shape[0]
         t0 = time.perf_counter()
-        rows, coef = batch_bounds(self.graph, lo, hi, self.C, self.d)
+        dom = self.engine.bound(domains(self.graph, lo, hi))
+        rows, coef = self.engine.margins(dom, self.C, self.d, coef=True)
         self.seconds_per_box = max(self.seconds_per_box,
                                    (time.perf_counter() - t0) / lo.shape[0])
         conj = self.conj_margins(rows)

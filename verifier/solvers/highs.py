@@ -1,4 +1,10 @@
-"""HiGHS back end: the only module that imports highspy to solve the encoded MILP / LP.
+"""HiGHS back end: the only module of the package that imports highspy.
+
+Two ways in: ``solve(model, ...)`` minimises one encoded MILP / LP; ``Session(model)`` holds one
+model and re-solves it for many objectives (per-neuron LP/MILP bound tightening: only the objective
+changes, so dual simplex starts from the previous basis).  Nothing read back is trusted as a bound
+by itself: LP bounds are rebuilt from the row duals (``dual.DualBound``); MIP dual bounds count only
+after ``case.tolerance`` is subtracted.
 
 Option choices (all explicit in ``_OPTIONS``; measured on the mnist_fc 256x2/4/6 models):
 
@@ -20,12 +26,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from dataclasses import replace
 import sys
 import time
 
 import numpy as np
 
-from . import SolveResult, lp_dual_bound
+from .dual import lp_dual_bound
+from .result import SolveResult
 
 _OPTIONS = {
     "output_flag": False,
@@ -56,6 +64,67 @@ def new_highs():
     return h
 
 
+def _pass(h, model):
+    """Hand ``model`` (standard form, see ``verifier.encode``) to ``h`` in one bulk call."""
+    import highspy
+    A = model.A.tocsc()
+    inf = highspy.kHighsInf
+    return h.passModel(model.n_cols, model.n_rows, int(A.nnz), 1, 1, float(model.offset),
+                       np.ascontiguousarray(model.c, np.float64), model.lb, model.ub,
+                       np.clip(model.rl, -inf, inf), np.clip(model.ru, -inf, inf),
+                       A.indptr.astype(np.int32), A.indices.astype(np.int32),
+                       A.data.astype(np.float64), model.integrality.astype(np.int32))
+
+
+class Session:
+    """One model in one HiGHS object, minimised for many objectives in turn.  Presolve is off, so
+    the objective-bound cutoff works and (for LPs) dual simplex starts from the previous basis;
+    for MILPs the gaps are 0 (the value, not just its sign, is wanted)."""
+
+    def __init__(self, model, threads: int = 1):
+        import highspy
+        self.h = h = new_highs()
+        self.mip = bool(model.integrality.any())
+        for k, v in {"presolve": "off", "threads": int(threads), "random_seed": 0,
+                     "small_matrix_value": 1e-12}.items():
+            h.setOptionValue(k, v)
+        if not self.mip:
+            h.setOptionValue("solver", "simplex")
+            h.setOptionValue("simplex_strategy", 1)       # dual simplex: the cutoff needs it
+        else:
+            h.setOptionValue("mip_rel_gap", 0.0)
+            h.setOptionValue("mip_abs_gap", 0.0)
+        if _pass(h, replace(model, c=np.zeros(model.n_cols), offset=0.0)) \
+                == highspy.HighsStatus.kError:
+            raise RuntimeError("HiGHS rejected the model")
+        self._prev = np.zeros(0, np.int32)
+
+    def minimise(self, idx: np.ndarray, val: np.ndarray, time_limit: float,
+                 cutoff: float | None = None):
+        """Minimise ``val . x[idx]``; stop early once the dual objective exceeds ``cutoff``.
+        Returns ``(status, row duals or None, info)``: the duals are whatever the solver holds
+        (a valid input to ``DualBound`` even when not optimal); ``info`` has ``iterations``,
+        ``objective`` and ``mip_dual_bound``."""
+        import highspy
+        h = self.h
+        if self._prev.size:
+            h.changeColsCost(self._prev.size, self._prev, np.zeros(self._prev.size))
+        self._prev = np.asarray(idx, np.int32)
+        h.changeColsCost(self._prev.size, self._prev, np.asarray(val, np.float64))
+        # HiGHS's time_limit is checked against the object's cumulative run clock, not per run()
+        h.setOptionValue("time_limit", h.getRunTime() + max(float(time_limit), 1e-3))
+        h.setOptionValue("objective_bound",
+                         float(cutoff) if cutoff is not None and not self.mip else highspy.kHighsInf)
+        h.run()
+        status = _status_table().get(h.getModelStatus(), "error")
+        info = h.getInfo()
+        sol = h.getSolution()
+        y = np.asarray(sol.row_dual) if sol.dual_valid else None
+        return status, y, {"iterations": int(info.simplex_iteration_count),
+                           "objective": float(info.objective_function_value),
+                           "mip_dual_bound": float(getattr(info, "mip_dual_bound", np.nan))}
+
+
 def _status_table():
     import highspy
     S = highspy.HighsModelStatus
@@ -71,8 +140,7 @@ def _status_table():
 
 
 def solve(model, *, time_limit: float | None = None, start: np.ndarray | None = None,
-          cutoff: float | None = None, stop_above: float | None = None,
-          stop_below: float | None = None, mip_rel_gap: float = 1e-4, mip_abs_gap: float = 1e-6,
+          cutoff: float | None = None, stop_below: float | None = None, mip_rel_gap: float = 1e-4, mip_abs_gap: float = 1e-6,
           threads: int = 1, options: dict | None = None, isolate: bool = False,
           grace: float = 2.0) -> SolveResult:
     """Minimise ``model`` with HiGHS.
@@ -80,19 +148,18 @@ def solve(model, *, time_limit: float | None = None, start: np.ndarray | None = 
     ``cutoff``: search only for objective values below it (HiGHS ``objective_bound``); status
     ``cutoff`` then means "no point below the cutoff" (``dual_bound`` = the cutoff; ``x`` may hold
     a point above it); otherwise ``dual_bound`` is at most the cutoff.
-    ``stop_above`` / ``stop_below``: interrupt once the dual bound exceeds / an incumbent falls
-    below the value (the sign of a margin is decided).  ``start``: full column vector, a MIP start.
+    ``stop_below``: interrupt once an incumbent falls below the value (the sign of a margin is
+    decided).  ``start``: full column vector, a MIP start.
     ``dual_bound`` is the solver's claim (a lower bound up to its tolerances), never the incumbent.
     """
-    kw = dict(time_limit=time_limit, start=start, cutoff=cutoff, stop_above=stop_above,
-              stop_below=stop_below, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap,
+    kw = dict(time_limit=time_limit, start=start, cutoff=cutoff, stop_below=stop_below, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap,
               threads=threads, options=options)
     if not isolate:
         return _solve(model, **kw)
     return _solve_isolated(model, kw, grace)
 
 
-def _solve(model, *, time_limit, start, cutoff, stop_above, stop_below, mip_rel_gap, mip_abs_gap,
+def _solve(model, *, time_limit, start, cutoff, stop_below, mip_rel_gap, mip_abs_gap,
            threads, options) -> SolveResult:
     import highspy
     t0 = time.perf_counter()
@@ -107,11 +174,7 @@ def _solve(model, *, time_limit, start, cutoff, stop_above, stop_below, mip_rel_
     for k, v in opts.items():
         if h.setOptionValue(k, v) == highspy.HighsStatus.kError:
             raise ValueError(f"HiGHS rejected option {k}={v!r}")
-    A = model.A.tocsc()
-    st = h.passModel(model.n_cols, model.n_rows, int(A.nnz), 1, 1, float(model.offset),
-                     np.ascontiguousarray(model.c, np.float64), model.lb, model.ub, model.rl,
-                     model.ru, A.indptr.astype(np.int32), A.indices.astype(np.int32),
-                     A.data.astype(np.float64), model.integrality.astype(np.int32))
+    st = _pass(h, model)
     if st == highspy.HighsStatus.kError:
         return SolveResult("error", None, -np.inf, None, 0, np.inf,
                            time.perf_counter() - t0, "HiGHS rejected the model")
@@ -128,10 +191,7 @@ def _solve(model, *, time_limit, start, cutoff, stop_above, stop_below, mip_rel_
         d = e.data_out
         if np.isfinite(d.mip_dual_bound):
             seen["dual"] = max(seen["dual"], d.mip_dual_bound)
-        if stop_above is not None and d.mip_dual_bound > stop_above:
-            seen["why"] = "dual bound above stop"
-            e.interrupt()
-        elif stop_below is not None and d.mip_primal_bound < stop_below:
+        if stop_below is not None and d.mip_primal_bound < stop_below:
             seen["why"] = "incumbent below stop"
             e.interrupt()
         elif time_limit is not None and time.perf_counter() - t0 > time_limit:

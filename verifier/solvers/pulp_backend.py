@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pulp
 
-from . import SolveResult
+from .result import SolveResult
 
 _GAP_REL, _GAP_ABS = 1e-9, 1e-9
 

@@ -1,0 +1,89 @@
+"""α-CROWN: the lower slopes of unstable ReLUs, optimised per domain and per objective row.
+
+CROWN fixes each unstable ReLU's lower line ``y >= alpha x`` at ``alpha`` in {0, 1}; every
+``alpha`` in [0, 1] is valid, and the best choice depends on the objective (Xu et al. 2021,
+"Fast and complete", α-CROWN).  Here each row of ``C y - d`` of each domain gets its own slopes,
+moved by projected gradient ascent (Adam, clipped to [0, 1]) on that row's lower bound.  The
+gradient comes from the engine's reverse pass through the back-substitution (``Engine.objective``
+with ``grad=True``), in numpy.  Every iterate's bound is sound, so the best one per row is kept:
+optimisation can only tighten, never break, a bound.  Intermediate bounds are left as CROWN made
+them (optimising them too costs one slope set per intermediate neuron).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import Relu
+from .engine import Domains, Engine
+
+
+@dataclass
+class AlphaResult:
+    lower: np.ndarray          # (B, k) best sound lower bounds of the rows of C y - d
+    alpha: dict                # Relu node -> (B, k, size) slopes that gave ``lower``
+    iterations: int
+    time_s: float
+
+
+def initial(eng: Engine, dom: Domains, k: int) -> dict:
+    """CROWN's slopes, one copy per row: ``(B, k, size)`` for every Relu node with an unstable
+    entry in some domain."""
+    out = {}
+    for i, n in enumerate(eng.nodes):
+        if isinstance(n, Relu):
+            R = eng.relaxation(dom, i)
+            if R.free is not None and R.free.any():
+                out[i] = np.repeat(R.lo_slope[:, None, :], k, axis=1)
+    return out
+
+
+def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int = 20,
+             lr: float = 0.25, deadline: float | None = None, start: dict | None = None,
+             done=None) -> AlphaResult:
+    """Optimise the slopes for lower bounds of ``C @ y - d`` (``y`` the output) on every domain of
+    ``dom`` (whose intermediate bounds must be computed, e.g. by ``Engine.bound``).  ``start``:
+    initial slopes (e.g. a parent domain's); default CROWN's.  ``done(lower) -> bool`` stops early
+    (e.g. once every domain is proved).  Stops after ``steps`` iterations or at ``deadline``
+    (``time.perf_counter()`` time)."""
+    t0 = time.perf_counter()
+    C = np.atleast_2d(np.asarray(C, np.float64))
+    d = np.asarray(d, np.float64).ravel()
+    k = C.shape[0]
+    alpha = initial(eng, dom, k) if start is None else {i: v.copy() for i, v in start.items()}
+    best = eng.margins(dom, C, d)
+    best_alpha = {i: v.copy() for i, v in alpha.items()}
+    if not alpha:
+        return AlphaResult(best, best_alpha, 0, time.perf_counter() - t0)
+    m1 = {i: np.zeros_like(v) for i, v in alpha.items()}
+    m2 = {i: np.zeros_like(v) for i, v in alpha.items()}
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    it = 0
+    while it < steps and not (done is not None and done(best)):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        it += 1
+        lb, _, grads = eng.objective(dom, eng.graph.output, C, -d, alpha=alpha, grad=True)
+        better = lb > best
+        if better.any():
+            best = np.maximum(best, lb)
+            for i in alpha:
+                best_alpha[i] = np.where(better[:, :, None], alpha[i], best_alpha[i])
+        step = lr * (0.98 ** it)
+        for i, g in grads.items():
+            if i not in alpha:
+                continue
+            m1[i] = b1 * m1[i] + (1 - b1) * g
+            m2[i] = b2 * m2[i] + (1 - b2) * g * g
+            mh, vh = m1[i] / (1 - b1 ** it), m2[i] / (1 - b2 ** it)
+            alpha[i] = np.clip(alpha[i] + step * mh / (np.sqrt(vh) + eps), 0.0, 1.0)
+    if it and not (deadline is not None and time.perf_counter() > deadline):
+        lb, _ = eng.objective(dom, eng.graph.output, C, -d, alpha=alpha)
+        better = lb > best
+        if better.any():
+            best = np.maximum(best, lb)
+            for i in alpha:
+                best_alpha[i] = np.where(better[:, :, None], alpha[i], best_alpha[i])
+    return AlphaResult(best, best_alpha, it, time.perf_counter() - t0)

@@ -1,0 +1,489 @@
+"""The bound engine: linear bounds by back-substitution (CROWN / DeepPoly) for a batch of domains.
+
+A *domain* is a subproblem of one graph: an input box, a phase per ReLU entry (+1 active, -1
+inactive, 0 free; a fixed phase restricts the domain to the inputs where it holds) and sound bounds
+on every node.  ``Domains`` holds B of them as ``(B, size)`` arrays; a single box is a batch of one.
+
+To lower-bound ``L v_t + c`` (rows of ``L`` are independent objectives over node ``t``), the
+coefficients are pushed backwards through the DAG in reverse topological order until only the
+input remains, where the box gives the bound in closed form.  The walk is written once, here, with
+two kinds of step (see ``verifier.ops``):
+
+- affine node ``z = sum_k A_k x_k + b``: coefficients ``L A_k`` are *added* to whatever input
+  ``x_k`` already holds (multi-input nodes, nodes with several consumers); ``L b`` goes to the
+  constant;
+- relaxed node ``y = f(x)`` with ``Relaxation`` lines ``lo(x) <= y <= up(x)``: a positive
+  coefficient takes the lower line, a negative one the upper line, entry by entry and row by row
+  (so upper bounds, rows of ``-L``, get the mirrored choice automatically).
+
+Intermediate bounds are computed in topological order, only where they matter: for the inputs of
+relaxed nodes (entries not already stable by interval arithmetic, in some domain of the batch; every
+entry for max-pool inputs) and for the output.  Coefficient blocks are ``(B, k, n)`` arrays, cut
+into chunks of at most ``chunk_entries`` floats.
+
+Floating point — the proof, written once (error model in ``_fp``).  The invariant carried is, for
+every reachable state (the exact network, and ``Graph.forward`` in float64), ``objective >= sum_n
+L_n . v_n + const - slack`` *in exact arithmetic on the float arrays* ``L_n``, ``const``, ``slack``:
+
+1. each product a step forms (``L A_k``, ``L b``, ``L*slope``, ``L . offset``, sums of coefficients
+   arriving at one node) differs from the exact one by at most ``gamma(terms)`` times its magnitude;
+   times ``|v| <= m`` (magnitudes from sound bounds) that is a nonnegative scalar added to ``slack``;
+2. the float64 network deviates from the exact affine map at a Linear node by ``|e| <= fwd`` (any
+   summation order): charged as ``|L| . fwd``;
+3. the final evaluation with the box is rounded down with an explicit error bound.
+
+Any slope in [0, 1] for an unstable ReLU gives valid lines, so optimised slopes (``alpha``) need no
+further argument: the charge is the same as for fixed slopes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..graph import Graph, MaxPool, Relu
+from ..ops.linear import rows_times, times
+from ..fp import TINY, absmax, affine_interval, down, gamma, up
+
+CHUNK_ENTRIES = 1 << 23          # floats per coefficient block (64 MB)
+
+
+def bdot(L: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``sum_s L[b, k, s] v[b, s]``: ``(B, k)``."""
+    return np.matmul(L, v[:, :, None])[:, :, 0]
+
+
+# ------------------------------------------------------------------------------------------------
+# domains
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Domains:
+    """B domains of one graph (see the module docstring).  ``lower[i]``/``upper[i]`` are ``(B,
+    size)`` sound bounds of node ``i`` (None until computed); ``phase`` maps a Relu node to its
+    ``(B, size)`` int8 phases; ``fwd``/``absimg`` are the float slack of each Linear node."""
+    lower: list
+    upper: list
+    phase: dict = field(default_factory=dict)
+    fwd: list = field(default_factory=list)
+    absimg: list = field(default_factory=list)
+    relax: dict = field(default_factory=dict)       # cached default relaxation per relaxed node
+
+    @property
+    def B(self) -> int:
+        return self.lower[0].shape[0]
+
+    @property
+    def box(self):
+        return self.lower[0], self.upper[0]
+
+    def infeasible(self) -> np.ndarray:
+        """``(B,)``: domains whose bounds cross somewhere (an impossible phase combination)."""
+        bad = np.zeros(self.B, bool)
+        for lo, hi in zip(self.lower, self.upper):
+            if lo is not None:
+                bad |= (lo > hi).any(axis=1)
+        return bad
+
+    def take(self, idx) -> "Domains":
+        """The domains ``idx`` (an index array or mask), copied."""
+        sub = lambda v: None if v is None else v[idx].copy()
+        return Domains([sub(v) for v in self.lower], [sub(v) for v in self.upper],
+                       {i: p[idx].copy() for i, p in self.phase.items()},
+                       [sub(v) for v in self.fwd], [sub(v) for v in self.absimg])
+
+
+def domains(graph: Graph, lower, upper, phase: dict | None = None) -> Domains:
+    """``Domains`` for B input boxes (``(B, n_in)`` or one ``(n_in,)`` box), checked."""
+    lo = np.atleast_2d(np.asarray(lower, dtype=np.float64))
+    hi = np.atleast_2d(np.asarray(upper, dtype=np.float64))
+    n = graph.n_inputs
+    if lo.shape != hi.shape or lo.ndim != 2 or lo.shape[1] != n:
+        raise ValueError(f"box has {lo.shape[-1]}/{hi.shape[-1]} values, the model takes {n}")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError("the input box must be bounded (finite lower and upper)")
+    if np.any(lo > hi):
+        raise ValueError("the input box is empty (some lower > upper)")
+    N = len(graph.nodes)
+    dom = Domains([None] * N, [None] * N, dict(phase or {}), [None] * N, [None] * N)
+    dom.lower[0], dom.upper[0] = lo, hi
+    return dom
+
+
+# ------------------------------------------------------------------------------------------------
+# one back-substitution
+# ------------------------------------------------------------------------------------------------
+class _Sub:
+    """The running back-substitution of one chunk: coefficients per node, constant, slack, and the
+    magnitude sum of everything added to the constant (for its accumulated rounding error)."""
+
+    def __init__(self, eng: "Engine", dom: Domains, bs: slice, k: int):
+        self.eng, self.dom, self.bs = eng, dom, bs
+        B = len(range(*bs.indices(dom.B)))
+        self.lam: dict[int, np.ndarray] = {}
+        self.const = np.zeros((B, k))
+        self.slack = np.zeros((B, k))
+        self.cmag = np.zeros((B, k))
+        self.steps = 0
+        self.tape: dict | None = None     # relaxed node -> (coefficients reaching it, relaxation)
+        self.done: list[int] = []         # nodes stepped through, in the order of the walk
+
+    def mag(self, j: int) -> np.ndarray:
+        return self.eng.mag(self.dom, j)[self.bs]
+
+    def add_const(self, inc: np.ndarray) -> None:
+        self.const += inc
+        self.cmag += np.abs(inc)
+        self.steps += 1
+
+    def add_coef(self, j: int, P: np.ndarray) -> None:
+        old = self.lam.get(j)
+        if old is None:
+            self.lam[j] = P
+        else:
+            new = old + P      # |fl(a+b) - (a+b)| <= U |a+b|: charged against |v_j| <= m_j
+            self.slack += gamma(1) * bdot(np.abs(new), self.mag(j))
+            self.lam[j] = new
+
+    def affine(self, i: int, L: np.ndarray) -> None:
+        node, dom, bs = self.eng.nodes[i], self.dom, self.bs
+        for k, j in enumerate(node.inputs):
+            self.add_coef(j, rows_times(L, node.mats[k]))
+        self.add_const(L @ node.bias)
+        # rounding of L A_k (sums of size_i terms, times |x_k| <= m_k) and of L b: gamma |L| absimg;
+        # the float64 network's deviation |e| <= fwd: |L| fwd
+        n = node.size
+        self.slack += bdot(np.abs(L), dom.fwd[i][bs] + gamma(n) * dom.absimg[i][bs] + n * TINY)
+
+    def relaxed(self, i: int, L: np.ndarray, alpha: np.ndarray | None) -> None:
+        node = self.eng.nodes[i]
+        j = node.inputs[0]
+        R = self.eng.relaxation(self.dom, i, alpha, self.bs)
+        Lp, Ln = np.maximum(L, 0.0), np.minimum(L, 0.0)
+        lo_s = R.lo_slope if R.lo_slope.ndim == 3 else R.lo_slope[:, None, :]
+        P = Lp * lo_s + Ln * R.up_slope[:, None, :]        # one of the two terms is 0: exact sum
+        # dot products with offsets: nonzero only at free entries (relu), else at most n terms
+        n = node.size if R.free is None else int(R.free.sum(axis=1).max(initial=0))
+        if R.lo_off is not None:
+            self.add_const(bdot(Lp, R.lo_off))
+            self.slack += gamma(n + 1) * bdot(Lp, np.abs(R.lo_off))
+        if R.up_off is not None:
+            self.add_const(bdot(Ln, R.up_off))
+            self.slack += gamma(n + 1) * bdot(-Ln, np.abs(R.up_off))
+        m = self.mag(j)
+        if R.select is None:
+            # products with slopes other than exactly 0 or 1 round: the upper slopes of free
+            # entries, and lower slopes strictly inside (0, 1)
+            if R.free is not None:
+                f = R.free[:, None, :]
+                inexact = (Ln * R.up_slope[:, None, :]) * f
+                frac = f & (lo_s > 0) & (lo_s < 1)
+                if frac.any():
+                    inexact = inexact - Lp * lo_s * frac
+                self.slack += gamma(1) * bdot(np.abs(inexact), m)
+            self.add_coef(j, P)
+        else:                       # several entries may select the same input: sums of <= n terms
+            mx = np.take_along_axis(m, R.select, axis=1)
+            self.slack += gamma(node.size + 1) * bdot(np.abs(P), mx)
+            self.add_coef(j, _scatter(P, R.select, self.eng.nodes[j].size))
+        if self.tape is not None:
+            self.tape[i] = (L, R)
+
+    def run(self, start: int, alpha: dict | None) -> None:
+        for i in range(start, 0, -1):
+            L = self.lam.pop(i, None)
+            if L is None:
+                continue
+            self.done.append(i)
+            if self.eng.nodes[i].affine:
+                self.affine(i, L)
+            else:
+                self.relaxed(i, L, None if alpha is None else alpha.get(i))
+
+    def finish(self):
+        """Sound lower bounds ``(B, k)`` of the objectives, and the input coefficients."""
+        lo, hi = self.dom.lower[0][self.bs], self.dom.upper[0][self.bs]
+        L = self.lam.pop(0, None)
+        if L is None:                                   # objective does not depend on the input
+            L = np.zeros(self.const.shape + (lo.shape[1],))
+        conc = bdot(np.maximum(L, 0.0), lo) + bdot(np.minimum(L, 0.0), hi)
+        total = conc + self.const - self.slack
+        n0 = lo.shape[1]
+        err = gamma(n0 + self.steps + 4) * (bdot(np.abs(L), self.mag(0)) + self.cmag + self.slack
+                                            + np.abs(conc) + np.abs(self.const)) \
+            + (n0 + self.steps) * TINY
+        return down(total - err), L
+
+
+def _scatter(P: np.ndarray, sel: np.ndarray, n: int) -> np.ndarray:
+    """``out[b, k, sel[b, i]] += P[b, k, i]``: ``(B, k, n)``."""
+    B, k, m = P.shape
+    base = (np.arange(B)[:, None, None] * k + np.arange(k)[None, :, None]) * n
+    flat = (base + sel[:, None, :]).ravel()
+    return np.bincount(flat, weights=P.ravel(), minlength=B * k * n).reshape(B, k, n)
+
+
+# ------------------------------------------------------------------------------------------------
+# the engine
+# ------------------------------------------------------------------------------------------------
+class Engine:
+    """Bounds for batches of domains of one graph (see the module docstring)."""
+
+    def __init__(self, graph: Graph, chunk_entries: int = CHUNK_ENTRIES):
+        self.graph = graph
+        self.nodes = graph.nodes
+        self.chunk = int(chunk_entries)
+        self.users = users = graph.consumers()
+        self.relu_of: dict[int, list[int]] = {}         # input node -> Relu nodes reading it
+        need = {graph.output}
+        for i, n in enumerate(self.nodes):
+            if not n.affine and i > 0:
+                need.add(n.inputs[0])
+                if isinstance(n, Relu):
+                    self.relu_of.setdefault(n.inputs[0], []).append(i)
+        need.discard(0)
+        self.needed = sorted(need)
+        # nodes whose bounds are used beyond ReLU phase decisions: all their entries are bounded
+        self.full_rows = {graph.output} | {i for i in self.needed
+                                          if any(isinstance(self.nodes[c], MaxPool) for c in users[i])}
+        self.stats = {"max_block_bytes": 0, "rows_bounded": {}}
+
+    # -- small pieces ----------------------------------------------------------------------------
+    def mag(self, dom: Domains, j: int) -> np.ndarray:
+        return absmax(dom.lower[j], dom.upper[j])
+
+    def relaxation(self, dom: Domains, i: int, alpha=None, bs: slice = slice(None)):
+        node = self.nodes[i]
+        j = node.inputs[0]
+        if alpha is None:
+            R = dom.relax.get(i)
+            if R is None:
+                R = dom.relax[i] = self._relax(node, dom, i, j, None)
+            return _slice_relax(R, bs)
+        return self._relax(node, dom, i, j, alpha, bs)
+
+    def _relax(self, node, dom, i, j, alpha, bs=slice(None)):
+        l, u = dom.lower[j][bs], dom.upper[j][bs]
+        if isinstance(node, MaxPool):
+            return node.relax(l, u, hi_out=dom.upper[i][bs])
+        return node.relax(l, u, alpha)
+
+    def _set(self, dom: Domains, i: int, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Store node ``i``'s bounds, intersected with what is known, clamped by the phases of
+        the ReLUs it feeds; cached relaxations of its consumers are dropped."""
+        if dom.lower[i] is not None:
+            lo, hi = np.maximum(dom.lower[i], lo), np.minimum(dom.upper[i], hi)
+        for r in self.relu_of.get(i, ()):
+            ph = dom.phase.get(r)
+            if ph is not None:
+                lo = np.where(ph > 0, np.maximum(lo, 0.0), lo)
+                hi = np.where(ph < 0, np.minimum(hi, 0.0), hi)
+        dom.lower[i], dom.upper[i] = lo, hi
+        if dom.relax:
+            for c in self.users[i] + [i]:
+                dom.relax.pop(c, None)
+
+    def interval_node(self, dom: Domains, i: int):
+        """Interval bounds of node ``i`` from its inputs' current bounds.  Linear: our evaluation
+        of the sums errs by at most ``gamma(n) absimg`` and the float64 network deviates by at most
+        ``fwd``: both are added, then one ulp outward."""
+        node = self.nodes[i]
+        if not node.affine:
+            j = node.inputs[0]
+            return node.interval(dom.lower[j], dom.upper[j])
+        lo = np.broadcast_to(node.bias, (dom.B, node.size)).copy()
+        hi = lo.copy()
+        for k, j in enumerate(node.inputs):
+            P, N = node.pos_mat(k), node.neg_mat(k)
+            lo += times(P, dom.lower[j]) + times(N, dom.upper[j])
+            hi += times(P, dom.upper[j]) + times(N, dom.lower[j])
+        if dom.fwd[i] is None:
+            # any sound magnitudes give a valid slack: the first (interval) ones are used
+            a = node.absimg([self.mag(dom, j) for j in node.inputs])
+            nt = node.n_terms
+            dom.absimg[i], dom.fwd[i] = a, gamma(nt) * a + nt * TINY
+        delta = dom.fwd[i] + gamma(node.n_terms) * dom.absimg[i]
+        return down(lo - delta), up(hi + delta)
+
+    # -- bounds of nodes ---------------------------------------------------------------------------
+    def interval(self, dom: Domains, upto: int | None = None) -> Domains:
+        """Interval bounds of every node up to ``upto`` (default: all), intersected with bounds
+        already held."""
+        upto = len(self.nodes) - 1 if upto is None else upto
+        for i in range(1, upto + 1):
+            self._set(dom, i, *self.interval_node(dom, i))
+        return dom
+
+    def bound(self, dom: Domains, upto: int | None = None) -> Domains:
+        """CROWN bounds: interval bounds first, then node by node in topological order, each needed
+        node gets the interval image of its (tightened) inputs and back-substituted bounds for its
+        undecided entries.  Never looser than what ``dom`` held."""
+        upto = len(self.nodes) - 1 if upto is None else upto
+        self.interval(dom, upto)
+        needed = set(self.needed)
+        for i in range(1, upto + 1):
+            self._set(dom, i, *self.interval_node(dom, i))
+            if i not in needed:
+                continue
+            lo, hi = dom.lower[i], dom.upper[i]
+            rows = np.arange(lo.shape[1]) if i in self.full_rows else \
+                np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))
+            self.stats["rows_bounded"][i] = self.stats["rows_bounded"].get(i, 0) + int(rows.size)
+            if rows.size:
+                # rows unstable in some domain are bounded in all of them (they come in the same
+                # products): a stable entry's tighter bounds tighten the intervals after it, so a
+                # domain in a batch is never looser than alone, and often tighter
+                rlo, rhi = self.node_rows(dom, i, rows)
+                lo, hi = lo.copy(), hi.copy()
+                lo[:, rows], hi[:, rows] = np.maximum(lo[:, rows], rlo), np.minimum(hi[:, rows], rhi)
+                self._set(dom, i, lo, hi)
+        return dom
+
+    def node_rows(self, dom: Domains, t: int, rows: np.ndarray):
+        """Lower and upper bounds ``(B, m)`` of ``v_t[rows]``: one back-substitution for the rows
+        of ``[I; -I]``, whose first step through a Linear ``t`` is an exact row selection."""
+        node = self.nodes[t]
+        width = max(self.nodes[j].size for j in range(t + 1))
+        lo = np.empty((dom.B, rows.size))
+        hi = np.empty((dom.B, rows.size))
+        for bs, rs in self._chunks(dom.B, 2 * rows.size, width, pair=True):
+            r = rows[rs]
+            m = r.size
+            B = len(range(*bs.indices(dom.B)))
+            sub = _Sub(self, dom, bs, 2 * m)
+            if node.affine:
+                for k, j in enumerate(node.inputs):
+                    M = node.row_block(k, r)
+                    sub.add_coef(j, np.broadcast_to(np.vstack([M, -M]), (B, 2 * m, M.shape[1])))
+                b = node.bias[r]
+                sub.add_const(np.broadcast_to(np.concatenate([b, -b]), (B, 2 * m)))
+                f = dom.fwd[t][bs][:, r]                    # the selection itself is exact
+                sub.slack += np.concatenate([f, f], axis=1)
+                sub.run(t - 1, None)
+            else:
+                E = np.zeros((2 * m, node.size))
+                E[np.arange(m), r] = 1.0
+                E[m + np.arange(m), r] = -1.0
+                sub.lam[t] = np.broadcast_to(E, (B, 2 * m, node.size))
+                sub.run(t, None)
+            res, _ = sub.finish()
+            lo[bs, rs], hi[bs, rs] = res[:, :m], -res[:, m:]
+        return lo, hi
+
+    # -- objectives -------------------------------------------------------------------------------
+    def objective(self, dom: Domains, t: int, L: np.ndarray, c: np.ndarray | None = None,
+                  alpha: dict | None = None, grad: bool = False):
+        """Sound lower bounds ``(B, k)`` of ``L @ v_t + c`` for every domain, given sound bounds on
+        the nodes before ``t``; ``L`` is ``(k, size_t)`` or ``(B, k, size_t)``, ``c`` ``(k,)`` or
+        ``(B, k)``.  ``alpha``: lower slopes per Relu node (``(B, k, size)``, see ``ops.relu``).
+        Returns ``(lower, input coefficients (B, k, n_in))``, plus, with ``grad``, the gradient of
+        each row's bound with respect to its slopes (a dict like ``alpha``; see ``_slope_grad``).
+        Infeasible domains get ``+inf``."""
+        L = np.asarray(L, np.float64)
+        B = dom.B
+        if L.ndim == 2:
+            L = np.broadcast_to(L, (B,) + L.shape)
+        k = L.shape[1]
+        width = max(self.nodes[j].size for j in range(t + 1))
+        out = np.empty((B, k))
+        coef = np.empty((B, k, self.graph.n_inputs))
+        grads: dict = {}
+        cc = None if c is None else np.broadcast_to(np.asarray(c, np.float64), (B, k))
+        for bs, rs in self._chunks(B, k, width, pair=False):
+            sub = _Sub(self, dom, bs, len(range(*rs.indices(k))))
+            if cc is not None:
+                sub.add_const(cc[bs, rs].copy())
+            if grad:
+                sub.tape = {}
+            a = None if alpha is None else {i: v[bs, rs] for i, v in alpha.items()}
+            sub.lam[t] = L[bs, rs]
+            sub.run(t, a)
+            out[bs, rs], coef[bs, rs] = sub.finish()
+            if grad:
+                for i, g in self._slope_grad(dom, sub, coef[bs, rs], bs).items():
+                    grads.setdefault(i, np.zeros((B, k, g.shape[2])))[bs, rs] = g
+        bad = dom.infeasible()
+        if bad.any():
+            out[bad] = np.inf
+        return (out, coef, grads) if grad else (out, coef)
+
+    def _slope_grad(self, dom: Domains, sub: _Sub, L0: np.ndarray, bs: slice) -> dict:
+        """d(row bound)/d(lower slope) of every unstable ReLU entry, by a reverse pass through the
+        back-substitution (the bound is piecewise linear in the slopes; this is its derivative
+        where the signs of the coefficients do not change, the rounding charge ignored).
+
+        The derivative of the bound with respect to the coefficients ``L_n`` at node ``n`` is a
+        vector ``xh_n`` per row: at the input, the box corner the bound picked; through an affine
+        node ``xh = A xh_in + b``; through a relaxed node, the line the row used, at ``xh_in``.
+        The slope of entry ``e`` enters as ``L_e * slope * x_e`` where ``L_e >= 0``, so its
+        derivative is ``L_e * xh_in[e]`` there and 0 elsewhere."""
+        lo, hi = dom.lower[0][bs], dom.upper[0][bs]
+        xh = {0: np.where(L0 >= 0, lo[:, None, :], hi[:, None, :])}
+        grads = {}
+        for i in reversed(sub.done):
+            node = self.nodes[i]
+            if node.affine:
+                v = node.bias
+                for k, j in enumerate(node.inputs):
+                    v = v + times(node.mats[k], xh[j])
+                xh[i] = v
+                continue
+            Li, R = sub.tape[i]
+            x = xh[node.inputs[0]]
+            if R.select is not None:
+                x = np.take_along_axis(x, np.broadcast_to(R.select[:, None, :], Li.shape), axis=2)
+            lo_s = R.lo_slope if R.lo_slope.ndim == 3 else R.lo_slope[:, None, :]
+            low = lo_s * x + (0.0 if R.lo_off is None else R.lo_off[:, None, :])
+            upp = R.up_slope[:, None, :] * x + (0.0 if R.up_off is None else R.up_off[:, None, :])
+            pos = Li >= 0
+            xh[i] = np.where(pos, low, upp)
+            if R.free is not None and isinstance(node, Relu):
+                grads[i] = np.where(pos & R.free[:, None, :], Li * x, 0.0)
+        return grads
+
+    def margins(self, dom: Domains, C: np.ndarray, d: np.ndarray, alpha: dict | None = None,
+                upper: bool = False, coef: bool = False):
+        """Sound bounds on ``C @ y - d`` for the output ``y`` of every domain: back-substituted
+        from ``C`` directly (tighter than bounding ``y`` first), and never looser than the interval
+        image of the output bounds.  Returns ``lower (B, k)``; ``(lower, upper)`` if ``upper``;
+        ``(lower, input coefficients of each row's linear bound)`` if ``coef``."""
+        C = np.atleast_2d(np.asarray(C, np.float64))
+        d = np.asarray(d, np.float64).ravel()
+        t = self.graph.output
+        ilo, ihi = output_interval(dom.lower[t], dom.upper[t], C, d)
+        lo, L0 = self.objective(dom, t, C, -d, alpha)
+        lo = np.maximum(lo, ilo)
+        if coef:
+            return lo, L0
+        if not upper:
+            return lo
+        neg, _ = self.objective(dom, t, -C, d)
+        return lo, np.minimum(-neg, ihi)
+
+    def _chunks(self, B: int, k: int, width: int, pair: bool):
+        """(domain slice, row slice) blocks of at most ``chunk`` coefficients of ``width``; with
+        ``pair`` the rows count twice (lower and upper rows of one neuron)."""
+        f = 2 if pair else 1
+        n = k // f
+        b_step = max(1, self.chunk // max(1, f * width))
+        for b0 in range(0, B, b_step):
+            b1 = min(B, b0 + b_step)
+            r_step = max(1, self.chunk // max(1, f * (b1 - b0) * width))
+            for r0 in range(0, n, r_step):
+                r1 = min(n, r0 + r_step)
+                self.stats["max_block_bytes"] = max(self.stats["max_block_bytes"],
+                                                    8 * (b1 - b0) * f * (r1 - r0) * width)
+                yield slice(b0, b1), slice(r0, r1)
+
+
+def _slice_relax(R, bs: slice):
+    if bs == slice(None):
+        return R
+    cut = lambda v: None if v is None else v[bs]
+    return type(R)(R.lo_slope[bs], R.up_slope[bs], cut(R.lo_off), cut(R.up_off), cut(R.select),
+                   cut(R.free))
+
+
+def output_interval(y_lo: np.ndarray, y_hi: np.ndarray, C: np.ndarray, d: np.ndarray):
+    """Interval image ``(B, k)`` of ``C @ y - d`` for ``y`` in ``[y_lo, y_hi]`` (``(B, n)``)."""
+    lo, hi, _ = affine_interval(C, d, y_lo, y_hi)
+    return lo, hi

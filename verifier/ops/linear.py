@@ -1,0 +1,156 @@
+"""Linear: ``y = sum_k A_k @ x_k + b`` over one or more earlier nodes.
+
+Every affine or index-moving ONNX op (Gemm, MatMul, Conv, BatchNorm, AveragePool, Add/Sub/Mul/Div by
+constants, Transpose, Pad, Slice, Concat, residual Add …) becomes one of these.  Each ``A_k`` is a
+dense ``np.ndarray`` or a ``scipy.sparse.csr_array`` (convolutions, permutations, diagonals); the
+products below work for both, and the derived matrices (|A|, A+, A-) are cached on the node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .base import Node
+
+
+def rows_times(L: np.ndarray, A) -> np.ndarray:
+    """``L @ A`` for a dense ``L`` (``(..., s)``, rows = objectives) and a dense or sparse ``A``
+    ``(s, p)``; dense ``(..., p)``."""
+    lead = L.shape[:-1]
+    L2 = L.reshape(-1, L.shape[-1])
+    out = np.asarray((A.T @ L2.T).T) if sp.issparse(A) else L2 @ A
+    return out.reshape(lead + (A.shape[1],))
+
+
+def times(A, x: np.ndarray) -> np.ndarray:
+    """``x @ A.T`` for ``x`` of shape ``(..., p)``: the map applied to every row."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    out = np.asarray((A @ x2.T).T) if sp.issparse(A) else x2 @ A.T
+    return out.reshape(lead + (A.shape[0],))
+
+
+def triplets(A):
+    """Nonzero ``(row, col, value)`` of a dense or sparse matrix."""
+    if sp.issparse(A):
+        C = sp.coo_array(A)
+        return C.row.astype(np.int64), C.col.astype(np.int64), C.data.astype(np.float64)
+    r, c = np.nonzero(A)
+    return r.astype(np.int64), c.astype(np.int64), np.asarray(A[r, c], np.float64)
+
+
+@dataclass(eq=False)
+class Linear(Node):
+    mats: tuple = ()                    # one matrix per input, shape (size, inputs[k].size)
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    kind = "linear"
+    affine = True
+
+    # -- structure ------------------------------------------------------------------------------
+    def check(self, sizes: list[int]) -> None:
+        if len(self.mats) != len(self.inputs) or self.bias.shape != (self.size,):
+            raise ValueError("matrices do not match inputs")
+        for A, s in zip(self.mats, sizes):
+            if A.shape != (self.size, s):
+                raise ValueError(f"matrix {A.shape} does not map {s} values to {self.size}")
+
+    @property
+    def n_terms(self) -> int:
+        """Terms summed per output (every input value, plus the bias): sets the rounding bound."""
+        return sum(A.shape[1] for A in self.mats) + len(self.mats) + 1
+
+    def _derived(self, what: str, k: int):
+        key = (what, k)
+        if key not in self._cache:
+            A = self.mats[k]
+            if what == "abs":
+                v = abs(A)
+            elif what == "pos":
+                v = A.maximum(0) if sp.issparse(A) else np.maximum(A, 0)
+            else:
+                v = A.minimum(0) if sp.issparse(A) else np.minimum(A, 0)
+            self._cache[key] = v
+        return self._cache[key]
+
+    def abs_mat(self, k: int):
+        return self._derived("abs", k)
+
+    def pos_mat(self, k: int):
+        return self._derived("pos", k)
+
+    def neg_mat(self, k: int):
+        return self._derived("neg", k)
+
+    def row_block(self, k: int, rows: np.ndarray) -> np.ndarray:
+        """Dense rows ``A_k[rows]`` (an exact selection)."""
+        A = self.mats[k]
+        return A[rows].toarray() if sp.issparse(A) else A[rows]
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def apply(self, xs: list[np.ndarray]) -> np.ndarray:
+        out = np.broadcast_to(self.bias, (xs[0].shape[0], self.size)).copy()
+        for A, x in zip(self.mats, xs):
+            out += times(A, x)
+        return out
+
+    def vjp(self, xs, cot: np.ndarray, leak=0.0) -> list[np.ndarray]:
+        return [rows_times(cot, A) for A in self.mats]
+
+    def absimg(self, mags: list[np.ndarray]) -> np.ndarray:
+        """``sum_k |A_k| m_k + |b|`` for magnitudes ``m_k >= |x_k|`` (``(..., size_k)``): every float
+        evaluation of the node errs by at most ``gamma(n_terms)`` times this."""
+        s = np.abs(self.bias)
+        for k, m in enumerate(mags):
+            s = s + times(self.abs_mat(k), m)
+        return s
+
+    # -- MILP / LP rows -------------------------------------------------------------------------
+    def support(self, keep: np.ndarray, lo_in: list, hi_in: list) -> list[np.ndarray]:
+        out = []
+        for A in self.mats:
+            if sp.issparse(A):
+                sub = sp.csr_array(A)[np.flatnonzero(keep)]
+                m = np.zeros(A.shape[1], bool)
+                m[sub.indices[sub.data != 0]] = True
+            else:
+                m = np.any(A[keep] != 0, axis=0)
+            out.append(m)
+        return out
+
+    def encode(self, b, xs, lo, up, own: np.ndarray, slack: np.ndarray | None = None):
+        """Columns ``y[own]`` with bounds ``[lo, up]`` and the rows ``y - sum_k A_k x_k`` in
+        ``[b - slack, b + slack]`` (``slack``: the float error allowance of the evaluation, or
+        None for the exact equality).  ``xs[k]`` are the input's ``(cols, const)``.
+        Returns ``((cols, const), None)``."""
+        cols = np.full(self.size, -1, np.int64)
+        y = b.cols(lo[own], up[own])
+        cols[own] = y
+        local = np.full(self.size, -1, np.int64)
+        local[own] = np.arange(own.size)
+        terms = [(np.arange(own.size), y, 0.0, 1.0)]
+        for A, (xc, xk) in zip(self.mats, xs):
+            r, c, v = triplets(A[own] if not sp.issparse(A) else sp.csr_array(A)[own])
+            terms.append((r, xc[c], xk[c], -v))
+        bias = self.bias[own]
+        s = 0.0 if slack is None else slack[own]
+        rl, ru = (bias, bias) if slack is None else (np.nextafter(bias - s, -np.inf),
+                                                     np.nextafter(bias + s, np.inf))
+        b.rows(own.size, terms, rl, ru)
+        const = np.where(cols >= 0, 0.0, np.nan)        # entries not encoded must not be read
+        return (cols, const), None
+
+    def onnx_nodes(self, ins: list[str], out: str, const) -> list:
+        from onnx import helper
+        nodes, terms = [], []
+        for k, (A, x) in enumerate(zip(self.mats, ins)):
+            dense = A.toarray() if sp.issparse(A) else np.asarray(A)
+            w = const(f"{out}_W{k}", dense.T.astype(np.float32))
+            nodes.append(helper.make_node("MatMul", [x, w], [f"{out}_t{k}"]))
+            terms.append(f"{out}_t{k}")
+        bias = const(f"{out}_b", self.bias.astype(np.float32).reshape(1, -1))
+        nodes.append(helper.make_node("Sum", terms + [bias], [out]))
+        return nodes

@@ -1,11 +1,14 @@
-"""Bound-ladder benchmark: unstable ReLUs and time per level on mnist_fc and oval21.
+"""Bound quality per second: CROWN vs alpha-CROWN vs per-neuron LP, on mnist_fc, LP_d-CNN, oval21.
 
-    PYTHONPATH=. python benchmarks/bench_bounds.py [--lp-budget 60] [--all] [--no-lp]
+    PYTHONPATH=. python benchmarks/bench_bounds.py [--budget 60] [--props 2] [--suite ...]
 
 For every mnist_fc net (256x2/4/6) and every epsilon in its instances file (0.03, 0.05; the epsilon
-is part of the vnnlib file name), one property (prop_0, or all with ``--all``); for oval21 the first
-instance of each net.  Per level: total unstable ReLUs (per layer in brackets), wall time, and the
-smallest margin lower bound over the property's rows (> 0 means the level alone verifies it).
+is part of the vnnlib file name), the first ``--props`` properties; for LP_d-CNN the first
+``--props`` images; for oval21 the first instance of each net.  Three runs per instance, each from
+scratch: ``crown`` (the symbolic level), ``alpha`` (optimised slopes for the margins, then for the
+intermediate bounds, ``--budget`` seconds), ``lp`` (per-neuron LP tightening without slopes,
+``--budget`` seconds).  Per run: unstable ReLUs after it, wall time, and the smallest margin lower
+bound over the property's rows (> 0 means the level alone verifies it).
 
 BLAS threads: the symbolic level multiplies many small matrices, for which OpenBLAS's threading
 only adds overhead (and stalls badly on a loaded machine), so this script defaults to one thread.
@@ -34,64 +37,72 @@ from verifier.onnx_loader import load  # noqa: E402
 from verifier.vnnlib import parse_vnnlib  # noqa: E402
 
 SUITES = ROOT / "benchmarks" / "vnncomp2022"
+LPD = ROOT / "benchmarks" / "mipverify_wk17a"
 
 
-def _instances(suite: str):
-    folder = SUITES / suite
+def _instances(folder: Path):
     with open(folder / "instances.csv") as f:
         rows = [r for r in csv.reader(f) if r]
-    return folder, [(r[0].strip(), r[1].strip()) for r in rows]
+    return [(r[0].strip(), r[1].strip()) for r in rows]
 
 
-def pick(suite: str, all_props: bool):
-    folder, rows = _instances(suite)
-    if suite == "mnist_fc":
-        seen, out = set(), []
-        for onnx, vnn in rows:
-            eps = re.search(r"_([0-9.]+)\.vnnlib", vnn).group(1)
-            key = (onnx, eps)
-            if all_props or key not in seen:
-                seen.add(key)
-                out.append((folder / onnx, folder / vnn, eps))
-        return out
-    seen, out = set(), []
+def pick(suite: str, props: int):
+    if suite == "lpd_cnn":
+        return [(LPD / o, LPD / v, "0.1") for o, v in _instances(LPD)[:props]]
+    folder = SUITES / suite
+    rows = _instances(folder)
+    seen, out = {}, []
     for onnx, vnn in rows:
-        if onnx not in seen:
-            seen.add(onnx)
-            eps = re.search(r"eps([0-9.]+)\.vnnlib", vnn).group(1)
-            out.append((folder / onnx, folder / vnn, f"{float(eps):.4f}"))
+        if suite == "mnist_fc":
+            eps = re.search(r"_([0-9.]+)\.vnnlib", vnn).group(1)
+            key, limit = (onnx, eps), props
+        else:
+            eps = "%.4f" % float(re.search(r"eps([0-9.]+)\.vnnlib", vnn).group(1))
+            key, limit = onnx, 1
+        if seen.get(key, 0) < limit:
+            seen[key] = seen.get(key, 0) + 1
+            out.append((folder / onnx, folder / vnn, eps))
     return out
 
 
-def run(onnx: Path, vnn: Path, eps: str, level: str, budget: float):
-    graph = load(onnx)
-    prop = parse_vnnlib(vnn, graph.n_inputs, graph.n_outputs)
+RUNS = {"crown": dict(level="symbolic"),
+        "alpha": dict(level="alpha"),
+        "lp": dict(level="lp", alpha_steps=0, margin_lp=True)}
+
+
+def run(graph, prop, name: str, budget: float):
     case = prop.cases[0]
     C = np.vstack([c.C for c in case.unsafe])
     d = np.concatenate([c.d for c in case.unsafe])
+    kw = dict(RUNS[name])
+    if name == "alpha":
+        kw["alpha_budget"] = budget
+    elif name == "lp":
+        kw["time_budget"] = budget
     t0 = time.perf_counter()
-    b = compute_bounds(graph, case.box, level, C, d, time_budget=budget)
+    b = compute_bounds(graph, case.box, C=C, d=d, **kw)
     return b, time.perf_counter() - t0
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lp-budget", type=float, default=60.0, help="seconds for the lp level")
-    ap.add_argument("--all", action="store_true", help="every mnist_fc property, not just prop_0")
-    ap.add_argument("--no-lp", action="store_true", help="interval and symbolic only")
-    ap.add_argument("--suite", choices=["mnist_fc", "oval21", "both"], default="both")
+    ap.add_argument("--budget", type=float, default=60.0, help="seconds for alpha / lp")
+    ap.add_argument("--props", type=int, default=2, help="properties per net and epsilon")
+    ap.add_argument("--suite", nargs="+", default=["mnist_fc", "lpd_cnn", "oval21"],
+                    choices=["mnist_fc", "lpd_cnn", "oval21"])
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     args = ap.parse_args(argv)
-    level = "symbolic" if args.no_lp else "lp"
-    suites = ["mnist_fc", "oval21"] if args.suite == "both" else [args.suite]
-    print(f"{'net':<16} {'property':<34} {'eps':>6}  {'level':<8} {'time_s':>8} {'unstable':>8}  "
-          f"{'min margin lb':>13}  per layer")
-    for suite in suites:
-        for onnx, vnn, eps in pick(suite, args.all):
-            b, total = run(onnx, vnn, eps, level, args.lp_budget)
-            for s in b.report.levels:
-                per = "/".join(str(v["unstable"]) for v in s.relu.values())
-                print(f"{onnx.stem:<16} {vnn.name[:34]:<34} {eps:>6}  {s.level:<8} {s.time_s:8.3f} "
-                      f"{s.unstable:>8}  {np.min(s.margin_lower):13.4g}  [{per}]", flush=True)
+    print(f"{'net':<18} {'property':<30} {'eps':>6}  {'run':<6} {'time_s':>8} {'unstable':>8}  "
+          f"{'min margin lb':>13}", flush=True)
+    for suite in args.suite:
+        for onnx, vnn, eps in pick(suite, args.props):
+            graph = load(onnx)
+            prop = parse_vnnlib(vnn, graph.n_inputs, graph.n_outputs)
+            for name in args.runs:
+                b, total = run(graph, prop, name, args.budget)
+                print(f"{onnx.stem[:18]:<18} {vnn.name[:30]:<30} {eps:>6}  {name:<6} {total:8.2f} "
+                      f"{b.report.levels[-1].unstable:>8}  {np.min(b.margin_lower):13.4g}",
+                      flush=True)
     return 0
 
 

@@ -140,8 +140,8 @@ def verify_property(net: Graph, prop: Property, options: Options, progress=None)
 # MILP export
 # --------------------------------------------------------------------------------------------
 def export_milp(model, prop: Property, path) -> dict:
-    """Write the exact MILP of the first case symbolic bounds do not decide, as ``solve_case``
-    builds it with symbolic bounds (``--method milp``): network encoding + the disjunction of the
+    """Write the exact MILP of the first case CROWN bounds do not decide, as ``solve_case``
+    builds it (big-M constants from CROWN bounds): network encoding + the disjunction of the
     case's output constraints not already proved safe; minimise the margin (the case holds iff the
     optimum is > 0).  If bounds decide every case, case 0 with all its constraints is written.
     ``.mps`` or ``.lp`` by the suffix.  Returns what was written (case, rows, columns, ...)."""

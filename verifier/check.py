@@ -1,6 +1,6 @@
 """Re-checking a saved certificate against a model (``verify --check CERT MODEL``).
 
-A counterexample is replayed in onnxruntime; a ``verified`` answer is re-derived from symbolic bounds
+A counterexample is replayed in onnxruntime; a ``verified`` answer is re-derived from the bounds
 when they suffice, otherwise reported as not re-checked (or re-run with the method asked for).
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
     the model's SHA-256 and the property (rebuilt from the record; a VNN-LIB file must match its
     recorded SHA-256) are the ones it was made for (``CertificateError`` otherwise).
     ``falsified``: the counterexample is replayed in onnxruntime against the rebuilt property.
-    ``verified``: symbolic bounds are recomputed; if they alone prove the margin > 0 the answer is
+    ``verified``: the bounds (CROWN and optimised slopes) are recomputed; if they alone prove the margin > 0 the answer is
     confirmed; otherwise, with ``method``, the pipeline re-runs (``timeout``) and must verify again;
     without, a short attack looks for a counterexample and the proof itself is reported as not
     re-checked.  Minimal distortion: the counterexample is replayed at the recorded distance, and
@@ -140,14 +140,15 @@ def _check_verified(net, prop, cert, checked, method, timeout) -> CheckResult:
     for case in prop.cases:
         C = np.vstack([np.atleast_2d(c.C) for c in case.unsafe])
         d = np.concatenate([np.ravel(c.d) for c in case.unsafe])
-        b = compute_bounds(net, case.box, level="symbolic", C=C, d=d)
+        b = compute_bounds(net, case.box, level="alpha", C=C, d=d, alpha_budget=30.0)
         lows.append(float(conjunction_lower(case.unsafe, b.margin_lower).min()))
     low = min(lows)
     how = cert.get("method") or "?"
     if low > 0:
-        checked.append(f"symbolic bounds recomputed: margin >= {low:.6g} > 0")
+        checked.append(f"bounds (CROWN, optimised slopes) recomputed: margin >= {low:.6g} > 0")
         return CheckResult("passed", f"verified: confirmed by bounds (margin >= {low:.4g})", checked)
-    checked.append(f"symbolic bounds recomputed: margin >= {low:.6g}, not enough alone")
+    checked.append(f"bounds (CROWN, optimised slopes) recomputed: margin >= {low:.6g}, not enough "
+                   f"alone")
     if method is not None:
         options = Options(method=method, timeout=60.0 if timeout is None else timeout)
         again = verify_property(net, prop, options)

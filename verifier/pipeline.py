@@ -1,5 +1,5 @@
-"""One property through the ladder: attack → symbolic bounds → LP-tightened bounds → MILP
-(or, for networks with few inputs, branch and bound on the input box instead of LP and MILP).
+"""One property through the ladder: attack → CROWN → α-CROWN (optimised slopes) → MILP (or, for
+networks with few inputs, branch and bound on the input box before the MILP).
 
 Each rung may decide; the cheaper ones run first.  The answer obeys the soundness rules:
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from . import input_split
 from .attack import falsify
-from .bounds import compute_bounds
+from .bounds import Ladder
 from .certificate import Certificate
 from .config import Options
 from .graph import Graph
@@ -27,14 +27,17 @@ from .replay import replay
 from .solvers import solve_case
 from .spec import Property, conjunction_max
 
-# which bound levels and whether the MILP runs, per method
+# which bound levels and whether the MILP runs, per method.  Per-neuron LP tightening is not in
+# auto: alpha-CROWN reaches the same margins 10-20 times faster on mnist_fc 256x4 (and better
+# ones within a budget; benchmarks/bench_bounds.py, numbers in the README)
 _PLAN = {
-    "auto":   (("symbolic", "lp"), True),     # input splitting replaces lp + milp on few inputs
-    "bounds": (("symbolic",), False),
-    "lp":     (("symbolic", "lp"), False),
-    "milp":   (("symbolic",), True),
+    "auto":   (("symbolic", "alpha"), True),   # input splitting comes before the MILP on few inputs
+    "bounds": (("symbolic", "alpha"), False),
+    "lp":     (("symbolic", "alpha", "lp"), False),
+    "milp":   (("symbolic", "alpha"), True),
     "attack": ((), False),
 }
+_ALPHA_SHARE = 0.2       # at most this share of the time left goes to slope optimisation
 _LP_SHARE = 0.3          # at most this share of the time left goes to per-neuron LP tightening
 _SPLIT_SHARE = 0.6       # input splitting's share of the time left; the slowest ACAS Xu instance
                          # it decided in a full run took 35 % of its timeout
@@ -82,7 +85,7 @@ def run(net: Graph, prop: Property, options: Options, progress=None) -> Certific
 
     levels, use_milp = _PLAN[options.method]
     if options.method == "auto" and input_split.applicable(net):
-        levels = ("symbolic",)
+        levels = ("symbolic",)          # input splitting bounds its own boxes
     lowers, methods = [], []
     for k, case in enumerate(prop.cases):
         if clock.left() <= 0:
@@ -102,7 +105,7 @@ def run(net: Graph, prop: Property, options: Options, progress=None) -> Certific
 
 
 def _strongest(methods) -> str:
-    order = ["bounds", "symbolic", "lp", "split", "milp"]
+    order = ["bounds", "lp", "split", "milp"]
     return max(methods, key=order.index, default="bounds")
 
 
@@ -133,18 +136,20 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     case_stats = stats.setdefault("per_case", [])
     entry: dict = {"case": k}
     case_stats.append(entry)
+    ladder = Ladder(net, case.box.lower, case.box.upper, C, d)
     bounds, conj_lower = None, np.full(n_conj, -np.inf)
     for level in levels:
-        budget = max(0.0, clock.left() * _LP_SHARE) if level == "lp" else None
-        if level == "lp" and budget < 0.05:
+        budget = max(0.0, clock.left() * _LP_SHARE)
+        alpha_budget = max(0.0, clock.left() * _ALPHA_SHARE)
+        if (level == "lp" and budget < 0.05) or (level == "alpha" and alpha_budget < 0.05):
             break
-        bounds = compute_bounds(net, case.box, level=level, C=C, d=d, time_budget=budget)
+        bounds = ladder.run(level, budget=budget, alpha_budget=alpha_budget)
         conj_lower = np.maximum(conj_lower, conjunction_max(bounds.margin_lower, owner, n_conj))
         entry["bounds"] = bounds.report.to_dict()
         progress("bounds", {"case": k, "level": level, "unstable": bounds.report.levels[-1].unstable,
                             "margin_lower": float(conj_lower.min())})
         if conj_lower.min() > 0:
-            return _Outcome("verified", level if level != "symbolic" else "bounds",
+            return _Outcome("verified", "bounds" if level in ("symbolic", "alpha") else level,
                             lower=float(conj_lower.min()))
         if clock.left() <= 0:
             return _Outcome("timeout", level, lower=float(conj_lower.min()))
@@ -177,7 +182,7 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         if r.status == "verified":
             return _Outcome("verified", "split", lower=r.margin_lower, upper=r.margin_upper)
     if not use_milp or bounds is None:
-        return _Outcome("unknown", levels[-1] if levels else "bounds",
+        return _Outcome("unknown", "lp" if "lp" in levels else "bounds",
                         lower=float(conj_lower.min()))
 
     result = solve_case(net, bounds, case, time_limit=max(clock.left(), 0.01), start=start,

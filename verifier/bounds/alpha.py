@@ -42,18 +42,21 @@ def initial(eng: Engine, dom: Domains, k: int) -> dict:
 
 def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int = 20,
              lr: float = 0.25, deadline: float | None = None, start: dict | None = None,
-             done=None) -> AlphaResult:
+             done=None, node: int | None = None) -> AlphaResult:
     """Optimise the slopes for lower bounds of ``C @ y - d`` (``y`` the output) on every domain of
     ``dom`` (whose intermediate bounds must be computed, e.g. by ``Engine.bound``).  ``start``:
     initial slopes (e.g. a parent domain's); default CROWN's.  ``done(lower) -> bool`` stops early
     (e.g. once every domain is proved).  Stops after ``steps`` iterations or at ``deadline``
-    (``time.perf_counter()`` time)."""
+    (``time.perf_counter()`` time).  ``node``: bound ``C @ v_node - d`` of that node instead of
+    the output (intermediate bounds)."""
     t0 = time.perf_counter()
     C = np.atleast_2d(np.asarray(C, np.float64))
     d = np.asarray(d, np.float64).ravel()
     k = C.shape[0]
+    t = eng.graph.output if node is None else node
     alpha = initial(eng, dom, k) if start is None else {i: v.copy() for i, v in start.items()}
-    best = eng.margins(dom, C, d)
+    alpha = {i: v for i, v in alpha.items() if i < t}
+    best = eng.margins(dom, C, d) if node is None else eng.objective(dom, t, C, -d)[0]
     best_alpha = {i: v.copy() for i, v in alpha.items()}
     if not alpha:
         return AlphaResult(best, best_alpha, 0, time.perf_counter() - t0)
@@ -65,7 +68,7 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         if deadline is not None and time.perf_counter() > deadline:
             break
         it += 1
-        lb, _, grads = eng.objective(dom, eng.graph.output, C, -d, alpha=alpha, grad=True)
+        lb, _, grads = eng.objective(dom, t, C, -d, alpha=alpha, grad=True)
         better = lb > best
         if better.any():
             best = np.maximum(best, lb)
@@ -80,10 +83,42 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
             mh, vh = m1[i] / (1 - b1 ** it), m2[i] / (1 - b2 ** it)
             alpha[i] = np.clip(alpha[i] + step * mh / (np.sqrt(vh) + eps), 0.0, 1.0)
     if it and not (deadline is not None and time.perf_counter() > deadline):
-        lb, _ = eng.objective(dom, eng.graph.output, C, -d, alpha=alpha)
+        lb, _ = eng.objective(dom, t, C, -d, alpha=alpha)
         better = lb > best
         if better.any():
             best = np.maximum(best, lb)
             for i in alpha:
                 best_alpha[i] = np.where(better[:, :, None], alpha[i], best_alpha[i])
     return AlphaResult(best, best_alpha, it, time.perf_counter() - t0)
+
+
+def tighten_intermediate(eng: Engine, dom: Domains, steps: int = 20, lr: float = 0.25,
+                         deadline: float | None = None, max_rows: int = 2048) -> int:
+    """Optimised slopes for the intermediate bounds too: node by node in topological order, the
+    lower and upper bound rows of every undecided ReLU input get their own slopes, optimised as in
+    ``optimise``; the tightened bounds then feed the relaxations after them.  In place on
+    ``dom`` (whose CROWN bounds must be computed).  Returns the number of rows optimised."""
+    done = 0
+    for t in eng.needed:
+        if t == eng.graph.output or t not in eng.relu_of:
+            continue
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        lo, hi = dom.lower[t], dom.upper[t]
+        rows = np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))[:max_rows]
+        if rows.size == 0 or not initial(eng, dom, 1).keys() & set(range(t)):
+            continue
+        m = rows.size
+        E = np.zeros((2 * m, lo.shape[1]))
+        E[np.arange(m), rows] = 1.0
+        E[m + np.arange(m), rows] = -1.0
+        r = optimise(eng, dom, E, np.zeros(2 * m), steps=steps, lr=lr, deadline=deadline,
+                     node=t)
+        nlo, nhi = lo.copy(), hi.copy()
+        nlo[:, rows] = np.maximum(lo[:, rows], r.lower[:, :m])
+        nhi[:, rows] = np.minimum(hi[:, rows], -r.lower[:, m:])
+        eng._set(dom, t, nlo, nhi)
+        for j in range(t + 1, len(eng.nodes)):        # later intervals see the tighter bounds
+            eng._set(dom, j, *eng.interval_node(dom, j))
+        done += 2 * m
+    return done

@@ -68,7 +68,7 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         if deadline is not None and time.perf_counter() > deadline:
             break
         it += 1
-        lb, _, grads = eng.objective(dom, t, C, -d, alpha=alpha, grad=True)
+        lb, _, grads, _ = eng.objective(dom, t, C, -d, alpha=alpha, grad=True)
         better = lb > best
         if better.any():
             best = np.maximum(best, lb)
@@ -122,3 +122,4 @@ def tighten_intermediate(eng: Engine, dom: Domains, steps: int = 20, lr: float =
             eng._set(dom, j, *eng.interval_node(dom, j))
         done += 2 * m
     return done
+

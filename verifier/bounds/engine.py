@@ -45,7 +45,8 @@ from ..graph import Graph, MaxPool, Relu
 from ..ops.linear import rows_times, times
 from ..fp import TINY, absmax, affine_interval, down, gamma, up
 
-CHUNK_ENTRIES = 1 << 23          # floats per coefficient block (64 MB)
+CHUNK_ENTRIES = 1 << 23          # floats per coefficient block (64 MB; smaller blocks were
+                                 # measured slower on ACAS Xu batches: more Python per entry)
 
 
 def bdot(L: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -158,9 +159,13 @@ class _Sub:
         node = self.eng.nodes[i]
         j = node.inputs[0]
         R = self.eng.relaxation(self.dom, i, alpha, self.bs)
-        Lp, Ln = np.maximum(L, 0.0), np.minimum(L, 0.0)
+        # five passes over the block: this step dominates the engine's time
+        Lp = np.maximum(L, 0.0)
+        Ln = L - Lp                                         # exactly min(L, 0)
         lo_s = R.lo_slope if R.lo_slope.ndim == 3 else R.lo_slope[:, None, :]
-        P = Lp * lo_s + Ln * R.up_slope[:, None, :]        # one of the two terms is 0: exact sum
+        up_s = R.up_slope[:, None, :]
+        P = Lp * lo_s
+        P += Ln * up_s                                      # one of the two terms is 0: exact
         # dot products with offsets: nonzero only at free entries (relu), else at most n terms
         n = node.size if R.free is None else int(R.free.sum(axis=1).max(initial=0))
         if R.lo_off is not None:
@@ -168,18 +173,16 @@ class _Sub:
             self.slack += gamma(n + 1) * bdot(Lp, np.abs(R.lo_off))
         if R.up_off is not None:
             self.add_const(bdot(Ln, R.up_off))
-            self.slack += gamma(n + 1) * bdot(-Ln, np.abs(R.up_off))
+            self.slack -= gamma(n + 1) * bdot(Ln, np.abs(R.up_off))
         m = self.mag(j)
         if R.select is None:
             # products with slopes other than exactly 0 or 1 round: the upper slopes of free
-            # entries, and lower slopes strictly inside (0, 1)
+            # entries (|Ln up_s| = -Ln up_s, up_s >= 0), and lower slopes strictly inside (0, 1)
             if R.free is not None:
-                f = R.free[:, None, :]
-                inexact = (Ln * R.up_slope[:, None, :]) * f
-                frac = f & (lo_s > 0) & (lo_s < 1)
-                if frac.any():
-                    inexact = inexact - Lp * lo_s * frac
-                self.slack += gamma(1) * bdot(np.abs(inexact), m)
+                self.slack -= gamma(1) * bdot(Ln, R.up_slope * R.free * m)
+                if lo_s.ndim == 3 and alpha is not None:
+                    frac = (lo_s > 0) & (lo_s < 1)
+                    self.slack += gamma(1) * np.einsum("bkn,bkn->bk", Lp, lo_s * frac * m[:, None, :])
             self.add_coef(j, P)
         else:                       # several entries may select the same input: sums of <= n terms
             mx = np.take_along_axis(m, R.select, axis=1)
@@ -325,16 +328,17 @@ class Engine:
             if i not in needed:
                 continue
             lo, hi = dom.lower[i], dom.upper[i]
+            # rows unstable in some domain are bounded in all of them (they come in the same
+            # products; bounding each domain's own rows instead was measured slower on ACAS Xu
+            # batches): a stable entry's tighter bounds tighten the intervals after it
             rows = np.arange(lo.shape[1]) if i in self.full_rows else \
                 np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))
             self.stats["rows_bounded"][i] = self.stats["rows_bounded"].get(i, 0) + int(rows.size)
             if rows.size:
-                # rows unstable in some domain are bounded in all of them (they come in the same
-                # products): a stable entry's tighter bounds tighten the intervals after it, so a
-                # domain in a batch is never looser than alone, and often tighter
                 rlo, rhi = self.node_rows(dom, i, rows)
                 lo, hi = lo.copy(), hi.copy()
-                lo[:, rows], hi[:, rows] = np.maximum(lo[:, rows], rlo), np.minimum(hi[:, rows], rhi)
+                lo[:, rows] = np.maximum(lo[:, rows], rlo)
+                hi[:, rows] = np.minimum(hi[:, rows], rhi)
                 self._set(dom, i, lo, hi)
         return dom
 
@@ -376,7 +380,8 @@ class Engine:
         the nodes before ``t``; ``L`` is ``(k, size_t)`` or ``(B, k, size_t)``, ``c`` ``(k,)`` or
         ``(B, k)``.  ``alpha``: lower slopes per Relu node (``(B, k, size)``, see ``ops.relu``).
         Returns ``(lower, input coefficients (B, k, n_in))``, plus, with ``grad``, the gradient of
-        each row's bound with respect to its slopes (a dict like ``alpha``; see ``_slope_grad``).
+        each row's bound with respect to its slopes (a dict like ``alpha``; see ``_slope_grad``)
+        and with respect to ``L`` (the relaxation's minimising value of ``v_t``, ``(B, k, size_t)``).
         Infeasible domains get ``+inf``."""
         L = np.asarray(L, np.float64)
         B = dom.B
@@ -387,6 +392,7 @@ class Engine:
         out = np.empty((B, k))
         coef = np.empty((B, k, self.graph.n_inputs))
         grads: dict = {}
+        point = np.zeros(L.shape) if grad else None
         cc = None if c is None else np.broadcast_to(np.asarray(c, np.float64), (B, k))
         for bs, rs in self._chunks(B, k, width, pair=False):
             sub = _Sub(self, dom, bs, len(range(*rs.indices(k))))
@@ -399,14 +405,15 @@ class Engine:
             sub.run(t, a)
             out[bs, rs], coef[bs, rs] = sub.finish()
             if grad:
-                for i, g in self._slope_grad(dom, sub, coef[bs, rs], bs).items():
+                g_alpha, point[bs, rs] = self._slope_grad(dom, sub, t, coef[bs, rs], bs)
+                for i, g in g_alpha.items():
                     grads.setdefault(i, np.zeros((B, k, g.shape[2])))[bs, rs] = g
         bad = dom.infeasible()
         if bad.any():
             out[bad] = np.inf
-        return (out, coef, grads) if grad else (out, coef)
+        return (out, coef, grads, point) if grad else (out, coef)
 
-    def _slope_grad(self, dom: Domains, sub: _Sub, L0: np.ndarray, bs: slice) -> dict:
+    def _slope_grad(self, dom: Domains, sub: _Sub, t: int, L0: np.ndarray, bs: slice):
         """d(row bound)/d(lower slope) of every unstable ReLU entry, by a reverse pass through the
         back-substitution (the bound is piecewise linear in the slopes; this is its derivative
         where the signs of the coefficients do not change, the rounding charge ignored).
@@ -415,7 +422,8 @@ class Engine:
         vector ``xh_n`` per row: at the input, the box corner the bound picked; through an affine
         node ``xh = A xh_in + b``; through a relaxed node, the line the row used, at ``xh_in``.
         The slope of entry ``e`` enters as ``L_e * slope * x_e`` where ``L_e >= 0``, so its
-        derivative is ``L_e * xh_in[e]`` there and 0 elsewhere."""
+        derivative is ``L_e * xh_in[e]`` there and 0 elsewhere.  Returns the slope gradients and
+        ``xh_t``."""
         lo, hi = dom.lower[0][bs], dom.upper[0][bs]
         xh = {0: np.where(L0 >= 0, lo[:, None, :], hi[:, None, :])}
         grads = {}
@@ -438,7 +446,7 @@ class Engine:
             xh[i] = np.where(pos, low, upp)
             if R.free is not None and isinstance(node, Relu):
                 grads[i] = np.where(pos & R.free[:, None, :], Li * x, 0.0)
-        return grads
+        return grads, xh[t]
 
     def margins(self, dom: Domains, C: np.ndarray, d: np.ndarray, alpha: dict | None = None,
                 upper: bool = False, coef: bool = False):

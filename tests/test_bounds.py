@@ -156,7 +156,7 @@ def test_point_box_contains_float_forward():
         x = rng.normal(size=g.n_inputs) * 1e2
         vals = g.forward_all(x)
         for lev in ("interval", "symbolic", "lp"):
-            b = compute_bounds(g, (x, x), lev)
+            b = compute_bounds(g, (x, x), lev, arithmetic="real")
             for i, v in enumerate(vals):
                 assert np.all(v[0] >= b.lower[i]) and np.all(v[0] <= b.upper[i]), (lev, i)
                 # and not absurdly loose: float slack only
@@ -195,9 +195,9 @@ def test_two_neuron_net_known_values():
                Linear((2,), (1,), mats=(np.array([[1.0, 1.0]]),), bias=np.zeros(1))])
     box = (-np.ones(2), np.ones(2))
     C, d = np.array([[1.0]]), np.array([0.0])
-    bi = compute_bounds(g, box, "interval", C, d)
-    bs = compute_bounds(g, box, "symbolic", C, d)
-    bl = compute_bounds(g, box, "lp", C, d)
+    bi = compute_bounds(g, box, "interval", C, d, arithmetic="real")
+    bs = compute_bounds(g, box, "symbolic", C, d, arithmetic="real")
+    bl = compute_bounds(g, box, "lp", C, d, arithmetic="real")
     close = lambda a, v: np.allclose(a, v, rtol=0, atol=1e-12)
     for b in (bi, bs, bl):
         assert close(b.lower[1], [-2, -2]) and close(b.upper[1], [2, 2])
@@ -226,7 +226,7 @@ def test_multi_input_net_where_lp_beats_crown():
     box = (np.array([-1.0]), np.array([3.0]))
     expect = {"interval": (-1.5, 3.5), "symbolic": (-0.5, 1.5), "lp": (0.0, 1.5)}
     for lev, (l, u) in expect.items():
-        b = compute_bounds(g, box, lev)
+        b = compute_bounds(g, box, lev, arithmetic="real")
         assert abs(b.lower[3][0] - l) < 1e-9 and b.lower[3][0] <= l, (lev, b.lower[3])
         assert abs(b.upper[3][0] - u) < 1e-9 and b.upper[3][0] >= u, (lev, b.upper[3])
 
@@ -238,7 +238,8 @@ def test_maxpool_dominated_window_is_exact():
                Linear((0,), (2,), mats=(np.eye(2),), bias=np.zeros(2)),
                MaxPool((1,), (1,), windows=np.array([[0, 1]])),
                Linear((2, 1), (1,), mats=(np.eye(1), np.array([[-1.0, 0.0]])), bias=np.zeros(1))])
-    b = compute_bounds(g, (np.array([2.0, 0.0]), np.array([3.0, 1.0])), "symbolic")
+    b = compute_bounds(g, (np.array([2.0, 0.0]), np.array([3.0, 1.0])), "symbolic",
+                       arithmetic="real")
     assert abs(b.lower[3][0]) < 1e-12 and abs(b.upper[3][0]) < 1e-12
 
 

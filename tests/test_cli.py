@@ -116,7 +116,7 @@ def test_corrupt_model_exit_2(capsys, tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_human_output_summarises_each_phase(capsys):
     code, out, _ = run(capsys, MLP, "--eps", 0.0119, "--input", SAMPLE, "--label", 1,
-                       "--method", "milp")
+                       "--method", "milp", "--arithmetic", "real")
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("VERIFIED") and "(milp," in lines[0]
     assert any(ln.startswith("  bounds") and "interval" in ln and "symbolic" in ln for ln in lines)

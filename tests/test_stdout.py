@@ -29,10 +29,10 @@ def json_lines(stdout: str) -> list[dict]:
 @pytest.mark.parametrize("args, status", [
     (ONE + ["--eps", "0.01", "--method", "bounds"], "verified"),
     (ONE + ["--eps", "0.0119", "--method", "lp"], None),              # reaches the LP solver
-    (ONE + ["--eps", "0.0119", "--method", "milp"], "verified"),      # decided by the MILP
+    (ONE + ["--eps", "0.0119", "--method", "milp", "--arithmetic", "real"], "verified"),  # MILP
     (ONE + ["--eps", "0.03", "--method", "milp"], "falsified"),
     (ONE + ["--eps", "0.05", "--method", "attack"], "falsified"),
-    (ONE + ["--eps", "0.0119"], "verified"),                          # auto, through the MILP
+    (ONE + ["--eps", "0.0119", "--arithmetic", "real"], "verified"),  # auto, through the MILP
     (ONE + ["--min-distortion"], "found"),
     (ONE + ["--min-distortion", "--norm", "1", "--eps", "0.15"], "found"),
     ([MLP, "--eps", "0.01", "--dataset", DATASET], "verified"),
@@ -49,7 +49,8 @@ def test_json_modes_print_only_json(args, status):
 
 def test_check_json_prints_only_json(tmp_path):
     cert = tmp_path / "c.json"
-    r = verify(*ONE, "--eps", "0.0119", "--method", "milp", "--certificate", cert)
+    r = verify(*ONE, "--eps", "0.0119", "--method", "milp", "--arithmetic", "real",
+               "--certificate", cert)
     assert r.returncode == 0, r.stderr
     r = verify("--check", cert, MLP, "--method", "milp", "--json")
     assert json_lines(r.stdout)[0]["check"] == "passed"

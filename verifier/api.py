@@ -98,28 +98,30 @@ def read_vnnlib(model, vnnlib) -> Property:
 # --------------------------------------------------------------------------------------------
 def verify(model, x, label: int, eps: float, *, domain=(0.0, 1.0), target: int | None = None,
            timeout: float | None = None, method: str | None = None,
-           options: Options | None = None) -> Certificate:
+           arithmetic: str | None = None, options: Options | None = None) -> Certificate:
     """Is every input within L∞ distance ``eps`` of ``x`` (inside ``domain``) classified ``label``?
 
     ``model`` is a path or a loaded ``Graph``; ``x`` any array holding the model's input size,
-    with values inside ``domain``."""
-    options = _options(options, timeout, method)
+    with values inside ``domain``.  ``arithmetic``: ``float32`` (default: ``verified`` covers the
+    model as onnxruntime runs it) or ``real``."""
+    options = _options(options, timeout, method, arithmetic)
     net = _graph(model)
     prop = robustness(net, x, label, eps, domain=domain, target=target)
     return verify_property(net, prop, options)
 
 
 def verify_vnnlib(model, vnnlib, *, timeout: float | None = None, method: str | None = None,
-                  options: Options | None = None) -> Certificate:
+                  arithmetic: str | None = None, options: Options | None = None) -> Certificate:
     """Check a VNN-LIB v1 property (``verified`` = unsat, ``falsified`` = sat)."""
-    options = _options(options, timeout, method)
+    options = _options(options, timeout, method, arithmetic)
     net = _graph(model)
     return verify_property(net, read_vnnlib(net, vnnlib), options)
 
 
-def _options(options, timeout, method) -> Options:
+def _options(options, timeout, method, arithmetic=None) -> Options:
     options = options or Options()
-    changes = {k: v for k, v in (("timeout", timeout), ("method", method)) if v is not None}
+    changes = {k: v for k, v in (("timeout", timeout), ("method", method),
+                                 ("arithmetic", arithmetic)) if v is not None}
     return Options(**{**options.__dict__, **changes}) if changes else options
 
 

@@ -105,7 +105,9 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
     if status == "falsified":
         return _check_counterexample(mp, prop, cert, checked)
     if status == "verified":
-        return _check_verified(net, prop, cert, checked, method, timeout)
+        # certificates from before float32 proofs record no arithmetic: theirs was real
+        arithmetic = (record.get("options") or {}).get("arithmetic", "real")
+        return _check_verified(net, prop, cert, checked, method, timeout, arithmetic)
     return CheckResult("passed", f"{status}: the certificate claims no answer; model and property "
                                  f"match", checked, ["nothing else to re-check"])
 
@@ -133,24 +135,27 @@ def _check_counterexample(model_path, prop, cert, checked) -> CheckResult:
                                  f"(margin {r.margin:.4g})", checked)
 
 
-def _check_verified(net, prop, cert, checked, method, timeout) -> CheckResult:
+def _check_verified(net, prop, cert, checked, method, timeout, arithmetic) -> CheckResult:
     from .bounds import compute_bounds
     from .solvers import conjunction_lower
     lows = []
     for case in prop.cases:
         C = np.vstack([np.atleast_2d(c.C) for c in case.unsafe])
         d = np.concatenate([np.ravel(c.d) for c in case.unsafe])
-        b = compute_bounds(net, case.box, level="alpha", C=C, d=d, alpha_budget=30.0)
+        b = compute_bounds(net, case.box, level="alpha", C=C, d=d, alpha_budget=30.0,
+                           arithmetic=arithmetic)
         lows.append(float(conjunction_lower(case.unsafe, b.margin_lower).min()))
     low = min(lows)
     how = cert.get("method") or "?"
     if low > 0:
-        checked.append(f"bounds (CROWN, optimised slopes) recomputed: margin >= {low:.6g} > 0")
+        checked.append(f"bounds (CROWN, optimised slopes) recomputed in {arithmetic} arithmetic: "
+                       f"margin >= {low:.6g} > 0")
         return CheckResult("passed", f"verified: confirmed by bounds (margin >= {low:.4g})", checked)
     checked.append(f"bounds (CROWN, optimised slopes) recomputed: margin >= {low:.6g}, not enough "
                    f"alone")
     if method is not None:
-        options = Options(method=method, timeout=60.0 if timeout is None else timeout)
+        options = Options(method=method, timeout=60.0 if timeout is None else timeout,
+                          arithmetic=arithmetic)
         again = verify_property(net, prop, options)
         checked.append(f"re-run with --method {method}: {again.summary_line()}")
         if again.status == "verified":

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="valid input range (default 0 1)")
     how = p.add_argument_group("how")
     how.add_argument("--method", default=None, help="auto|bounds|lp|milp|attack (default auto)")
+    how.add_argument("--arithmetic", default="float32", choices=["float32", "real"],
+                     help="what VERIFIED covers: float32 = the model as onnxruntime runs it "
+                          "(default), real = real arithmetic")
     how.add_argument("--timeout", type=float, help="seconds per property (default 60; with "
                      "--instances the file's timeouts)")
     how.add_argument("--min-distortion", action="store_true",
@@ -194,7 +197,8 @@ def _single(args, mode: str, options) -> int:
 
 def _options(args) -> api.Options:
     return api.Options(method=args.method or "auto",
-                       timeout=60.0 if args.timeout is None else args.timeout)
+                       timeout=60.0 if args.timeout is None else args.timeout,
+                       arithmetic=args.arithmetic)
 
 
 def _need_file(path, what: str) -> Path:

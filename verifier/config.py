@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .fp import ARITHMETICS
+
 METHODS = ("auto", "bounds", "lp", "milp", "attack")
 
 
@@ -20,12 +22,16 @@ class Options:
               ``milp`` bounds then the MILP (no attack); ``attack`` PGD only (falsified or unknown).
     timeout:  wall-clock seconds for the whole property.
     attack_share: fraction of the timeout the attack may use in ``auto``.
+    arithmetic: what a ``verified`` answer covers: ``float32`` (default) the model as onnxruntime
+              runs it, every affine op rounded in float32 in any summation order (and real and
+              float64 arithmetic too); ``real`` real arithmetic (and float64) only.
     """
     method: str = "auto"
     timeout: float = 60.0
     threads: int = 1
     attack_share: float = 0.1
     seed: int = 0
+    arithmetic: str = "float32"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -35,6 +41,9 @@ class Options:
             raise OptionsError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if not (isinstance(self.threads, int) and self.threads >= 1):
             raise OptionsError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.arithmetic not in ARITHMETICS:
+            raise OptionsError(f"unknown arithmetic {self.arithmetic!r}: choose one of "
+                               f"{', '.join(ARITHMETICS)}")
         if not 0.0 <= self.attack_share < 1.0:
             raise OptionsError(f"attack_share must lie in [0, 1), got {self.attack_share!r}")
 

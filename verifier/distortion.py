@@ -133,7 +133,7 @@ def min_distortion(graph, x, label: int | None = None, *, unsafe=None, target: i
         raise ValueError(f"method must be 'milp' or 'bisect', not {method!r}")
     if bounds is None:
         from .bounds import compute_bounds
-        bounds = compute_bounds(graph, box, level=bound_level)
+        bounds = compute_bounds(graph, box, level=bound_level, arithmetic="real")
     t_b = time.perf_counter() - t0
     y0 = graph.forward(x0)
     # closest conjunction first (smallest margin at x0): its distance becomes the others' cutoff
@@ -216,7 +216,7 @@ def _bisect(graph, x0, unsafe, dom_lo, dom_hi, radius, bound_level, time_limit, 
         steps = 1 + max(0, int(np.ceil(np.log2(max(top - lo, 1e-300) / max(gap * top, 1e-12)))))
         box = Box(np.clip(x0 - eps, dom_lo, dom_hi), np.clip(x0 + eps, dom_lo, dom_hi))
         t1 = time.perf_counter()
-        b = compute_bounds(graph, box, level=bound_level, C=C, d=d)
+        b = compute_bounds(graph, box, level=bound_level, C=C, d=d, arithmetic="real")
         stats["time_bounds"] += time.perf_counter() - t1
         case = Case(box, unsafe)
         sx = best[1] if best is not None else start

@@ -7,7 +7,8 @@ summation order, with or without FMA, blocked as BLAS does — differs from the 
 in the package turns such an error into an explicit nonnegative slack that is subtracted from a lower
 bound (added to an upper bound), so the bounds hold for the exact real-arithmetic network *and* for
 the network evaluated in float64 (``Graph.forward``), whose Linear outputs deviate from the exact ones
-by at most the same kind of term.  Slacks are themselves sums of nonnegative terms computed in float;
+by at most the same kind of term -- and, in ``float32`` arithmetic, for the model as onnxruntime runs
+it: every affine op in float32, ``u = 2**-24``, in any summation order.  Slacks are themselves sums of nonnegative terms computed in float;
 their own relative error is below ``gamma(n)`` and is covered by the 1.01 factor in ``gamma``.
 """
 from __future__ import annotations
@@ -16,11 +17,17 @@ import numpy as np
 
 U = 2.0 ** -53                     # unit roundoff of float64 (round to nearest)
 TINY = 1e-300                      # per-operation allowance for gradual underflow (>> 2**-1074)
+U32 = 2.0 ** -24                   # unit roundoff of float32, as onnxruntime runs a model
+TINY32 = 2.0 ** -125               # per operation: underflow, even with denormals flushed to zero
+
+ARITHMETICS = ("float32", "real")  # what a proof covers: the model run in float32 (by any
+                                   # summation order), or real (and float64) arithmetic
 
 
-def gamma(n: int) -> float:
-    """An upper bound on the relative error of an ``n``-term dot product, with a safety factor."""
-    k = (int(n) + 3) * U
+def gamma(n: int, u: float = U) -> float:
+    """An upper bound on the relative error of an ``n``-term dot product with unit roundoff ``u``,
+    with a safety factor."""
+    k = (int(n) + 3) * u
     return 1.01 * k / (1.0 - k)
 
 

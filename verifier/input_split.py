@@ -47,9 +47,10 @@ class SplitResult:
 class _Bounder:
     """Margin lower bounds of one case on batches of boxes."""
 
-    def __init__(self, graph: Graph, case: Case, alpha_steps: int = 0):
+    def __init__(self, graph: Graph, case: Case, alpha_steps: int = 0,
+                 arithmetic: str = "float32"):
         self.graph = graph
-        self.engine = Engine(graph)
+        self.engine = Engine(graph, arithmetic=arithmetic)
         self.alpha_steps = alpha_steps
         rows = [_with_sums(c.C, c.d) for c in case.unsafe]
         self.C = np.vstack([C for C, _, _ in rows])
@@ -126,11 +127,11 @@ def _with_sums(C, d, max_rows: int = 5):
 
 def split_case(graph: Graph, prop: Property, k: int, deadline: float,
                max_children: int = 1024, alpha_steps: int = 0,
-               top: int | None = 1) -> SplitResult:
+               top: int | None = 1, arithmetic: str = "float32") -> SplitResult:
     """Decide case ``k`` of ``prop`` by input splitting until ``deadline`` (perf_counter time)."""
     case = prop.cases[k]
     one = Property((case,), prop.n_inputs, prop.n_outputs)
-    bound = _Bounder(graph, case, alpha_steps)
+    bound = _Bounder(graph, case, alpha_steps, arithmetic)
     lo, hi = case.box.lower[None, :], case.box.upper[None, :]
     lb, slope = bound(lo, hi)
     proven_min, best_upper, rounds = np.inf, np.inf, 0

@@ -90,8 +90,15 @@ def batchnorm(cv, node, args, attrs):
     a = np.broadcast_to(g.reshape(per_channel), x.shape[1:]).reshape(-1)
     b = np.broadcast_to(shift.reshape(per_channel), x.shape[1:]).reshape(-1)
     n = x.shape[0]
-    return cv._linear([(x, sp.diags_array(np.tile(a, n)))], np.tile(b, n), x.shape,
-                      "BatchNormalization", _name(node), params=_params(*args[1:5]))
+    out = cv._linear([(x, sp.diags_array(np.tile(a, n)))], np.tile(b, n), x.shape,
+                     "BatchNormalization", _name(node), params=_params(*args[1:5]))
+    # onnxruntime computes (x - mean) * a + bias in float32 (a itself from a square root and a
+    # division): its rounding is relative to |x||a| + |mean||a| + |bias|, not to the folded |b|
+    lin = cv.nodes[out.node]
+    mag = np.abs(mean.astype(np.float64) * g) + np.abs(bias.astype(np.float64))
+    lin.abs_bias = np.tile(np.broadcast_to(mag.reshape(per_channel), x.shape[1:]).reshape(-1), n)
+    lin.chain_terms = lin.row_terms + 5
+    return out
 
 
 # --------------------------------------------------------------------------------------------

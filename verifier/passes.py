@@ -2,7 +2,8 @@
 
 Fewer Linear nodes means fewer solver variables and fewer back-substitution steps; a normalisation
 ``Sub``/``Div`` before a ``Gemm`` or a ``BatchNormalization`` after a ``Conv`` disappears into its
-neighbour.  Merging is exact up to float64 rounding.
+neighbour.  Merging is exact up to float64 rounding; the merged node remembers how the two ops
+round when onnxruntime runs them in float32 (``Linear.chain_absimg``).
 """
 from __future__ import annotations
 
@@ -30,22 +31,39 @@ def _product(A, B):
     return P
 
 
+def _abs_mat(node: Linear, k: int):
+    """The magnitude matrix of input ``k`` of ``node``'s op chain (see ``Linear.chain_absimg``)."""
+    return node.abs_mat(k) if node.abs_mats is None else node.abs_mats[k]
+
+
+def _abs_bias(node: Linear) -> np.ndarray:
+    return np.abs(node.bias) if node.abs_bias is None else node.abs_bias
+
+
 def _merge(outer: Linear, k: int, inner: Linear):
-    """Substitute ``inner`` (input ``k`` of ``outer``) into ``outer``; ``None`` if it would grow."""
+    """Substitute ``inner`` (input ``k`` of ``outer``) into ``outer``; ``None`` if it would grow.
+    The float32 bookkeeping of the chain (magnitudes and rounded terms of the two ops, which
+    onnxruntime still runs one after the other) is carried into the merged node."""
     A = outer.mats[k]
-    terms = {}
-    for j, B in zip(inner.inputs, inner.mats):
+    Aabs = _abs_mat(outer, k)
+    terms, mags = {}, {}
+    for kk, (j, B) in enumerate(zip(inner.inputs, inner.mats)):
         terms[j] = _product(A, B)
+        mags[j] = _product(Aabs, _abs_mat(inner, kk))
     if sum(_nnz(P) for P in terms.values()) > _nnz(A) + sum(_nnz(B) for B in inner.mats):
         return None
-    for j, B in zip(outer.inputs, outer.mats):
+    for kk, (j, B) in enumerate(zip(outer.inputs, outer.mats)):
         if j != outer.inputs[k]:
             terms[j] = terms[j] + B if j in terms else B
+            mags[j] = mags[j] + _abs_mat(outer, kk) if j in mags else _abs_mat(outer, kk)
     bias = outer.bias + A @ inner.bias
+    as_type = lambda P: np.asarray(P) if isinstance(P, np.ndarray) else sp.csr_array(P)
     return Linear(tuple(terms), outer.shape, name=outer.name,
                   origin=f"{inner.origin}+{outer.origin}", params=inner.params + outer.params,
-                  mats=tuple(np.asarray(P) if isinstance(P, np.ndarray) else sp.csr_array(P)
-                             for P in terms.values()), bias=np.asarray(bias, np.float64))
+                  mats=tuple(as_type(P) for P in terms.values()), bias=np.asarray(bias, np.float64),
+                  abs_mats=tuple(as_type(M) for M in mags.values()),
+                  abs_bias=np.asarray(_abs_bias(outer) + Aabs @ _abs_bias(inner), np.float64),
+                  chain_terms=outer.terms32 + inner.terms32)
 
 
 def simplify(graph: Graph) -> Graph:

@@ -62,7 +62,8 @@ def _quiet(phase, info):
 def run(net: Graph, prop: Property, options: Options, progress=None) -> Certificate:
     clock = _Clock(options.timeout)
     progress = progress or _quiet
-    stats: dict = {"relus": net.relu_count, "cases": len(prop.cases)}
+    stats: dict = {"relus": net.relu_count, "cases": len(prop.cases),
+                   "arithmetic": options.arithmetic}
     best_x, best_upper = None, math.inf
     attack_left = [0.0]          # seconds of the attack's share not used by the first attack
 
@@ -104,6 +105,15 @@ def run(net: Graph, prop: Property, options: Options, progress=None) -> Certific
     return cert("verified", _strongest(methods), lower=min(lowers), upper=best_upper)
 
 
+def _float32_slack(ladder: Ladder, C: np.ndarray) -> float:
+    """How much lower any row of ``C y - d`` can be when the model runs in float32 than in real
+    arithmetic, over the case's box (``Engine.deviation``), rounded up."""
+    from .fp import gamma
+    dev = ladder.eng.deviation(ladder.dom)[ladder.graph.output][0]
+    per_row = np.abs(C) @ dev
+    return float(np.nextafter(per_row.max(initial=0.0) * (1 + gamma(C.shape[1])), np.inf))
+
+
 def _strongest(methods) -> str:
     order = ["bounds", "lp", "split", "milp"]
     return max(methods, key=order.index, default="bounds")
@@ -136,7 +146,7 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     case_stats = stats.setdefault("per_case", [])
     entry: dict = {"case": k}
     case_stats.append(entry)
-    ladder = Ladder(net, case.box.lower, case.box.upper, C, d)
+    ladder = Ladder(net, case.box.lower, case.box.upper, C, d, arithmetic=options.arithmetic)
     bounds, conj_lower = None, np.full(n_conj, -np.inf)
     for level in levels:
         budget = max(0.0, clock.left() * _LP_SHARE)
@@ -174,7 +184,8 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     if splits:
         # few inputs: branch and bound on the input box beats one big MILP (ACAS Xu); the MILP
         # keeps the rest of the time for the small nets where splitting stalls
-        r = input_split.split_case(net, prop, k, clock.deadline - (1 - _SPLIT_SHARE) * clock.left())
+        r = input_split.split_case(net, prop, k, clock.deadline - (1 - _SPLIT_SHARE) * clock.left(),
+                                   arithmetic=options.arithmetic)
         entry["split"] = {"boxes": r.boxes, "rounds": r.rounds, "status": r.status}
         progress("split", dict(entry["split"], case=k))
         if r.status == "falsified":
@@ -185,12 +196,21 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         return _Outcome("unknown", "lp" if "lp" in levels else "bounds",
                         lower=float(conj_lower.min()))
 
+    # the MILP models the network in real arithmetic: in float32 the model as it runs may be
+    # lower by up to |C| x (the float32 deviation of the output), so the MILP must prove that much
+    slack = _float32_slack(ladder, C) if options.arithmetic == "float32" else 0.0
     result = solve_case(net, bounds, case, time_limit=max(clock.left(), 0.01), start=start,
-                        margin_lower=conj_lower, threads=options.threads)
+                        margin_lower=conj_lower, threads=options.threads, need=slack)
     entry["milp"] = result.stats
     progress("milp", {"case": k, "status": result.status, "binaries": result.stats.get("binaries"),
                       "nodes": result.stats.get("nodes")})
-    lower = max(float(conj_lower.min()), result.margin_lower)
+    milp_lower = result.margin_lower
+    if slack and np.isfinite(milp_lower):
+        entry["milp_float32_slack"] = slack
+        milp_lower = float(np.nextafter(milp_lower - slack, -np.inf))
+        if result.status == "verified" and milp_lower <= 0:
+            result.status = "unknown"
+    lower = max(float(conj_lower.min()), milp_lower)
     if result.status == "verified":
         return _Outcome("verified", "milp", lower=lower)
     if result.status == "candidate" and result.x_candidate is not None:

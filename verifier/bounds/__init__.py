@@ -7,7 +7,8 @@ All of them run on the one engine (``engine``: batched back-substitution over do
 float-error proof written once); ``alpha`` optimises the ReLU lower slopes for the margin rows
 (``alpha``); ``lp``/``milp`` tighten intermediate bounds with per-neuron LPs/MILPs built by the one
 model builder (``lp``).  Every bound holds for the exact real-arithmetic network and for
-``Graph.forward`` in float64; LP bounds are rebuilt from the solver's duals by weak duality.  The
+``Graph.forward`` in float64 and, in ``float32`` arithmetic (the default), for the model as
+onnxruntime runs it in float32; LP bounds are rebuilt from the solver's duals by weak duality.  The
 ``milp`` level is the exception: it trusts HiGHS's MIP dual bound minus ``solvers.mip_tolerance``.
 
 Where things go: a new node kind is a file in ``verifier/ops``; a new relaxation of an existing
@@ -43,7 +44,8 @@ def _box_arrays(box, lower, upper):
 def compute_bounds(graph: Graph, box=None, level: str = "symbolic", C=None, d=None,
                    time_budget: float | None = None, *, lower=None, upper=None,
                    neuron_time: float | None = None, margin_lp: bool = True,
-                   alpha_steps: int = ALPHA_STEPS, alpha_budget: float | None = None) -> Bounds:
+                   alpha_steps: int = ALPHA_STEPS, alpha_budget: float | None = None,
+                   arithmetic: str = "float32") -> Bounds:
     """Sound bounds for every node of ``graph`` over the input ``box``: ``Ladder`` run up to
     ``level`` in one go.
 
@@ -51,10 +53,11 @@ def compute_bounds(graph: Graph, box=None, level: str = "symbolic", C=None, d=No
     alternatively pass ``lower=``/``upper=`` arrays.  ``level``: one of ``LEVELS``.  ``C`` (k x
     n_outputs) and ``d`` (k,): also bound the property margins ``C @ y - d`` row by row.
     ``time_budget``: seconds for each of the lp and milp levels; ``alpha_budget``: for the alpha
-    level; the other arguments as ``Ladder.run``.
+    level; ``arithmetic``: ``float32`` (the bounds also hold for the model run by onnxruntime in
+    float32) or ``real``; the other arguments as ``Ladder.run``.
     """
     blo, bhi = _box_arrays(box, lower, upper)
     ladder = Ladder(graph, np.asarray(blo, np.float64).ravel(), np.asarray(bhi, np.float64).ravel(),
-                    C, d, alpha_steps=alpha_steps, margin_lp=margin_lp)
+                    C, d, alpha_steps=alpha_steps, margin_lp=margin_lp, arithmetic=arithmetic)
     return ladder.run(level, budget=time_budget, alpha_budget=alpha_budget,
                       neuron_time=neuron_time)

@@ -28,8 +28,10 @@ L_n . v_n + const - slack`` *in exact arithmetic on the float arrays* ``L_n``, `
 1. each product a step forms (``L A_k``, ``L b``, ``L*slope``, ``L . offset``, sums of coefficients
    arriving at one node) differs from the exact one by at most ``gamma(terms)`` times its magnitude;
    times ``|v| <= m`` (magnitudes from sound bounds) that is a nonnegative scalar added to ``slack``;
-2. the float64 network deviates from the exact affine map at a Linear node by ``|e| <= fwd`` (any
-   summation order): charged as ``|L| . fwd``;
+2. the network as it runs deviates from the exact affine map at a Linear node by ``|e| <= fwd``
+   (any summation order): charged as ``|L| . fwd``.  ``fwd`` covers ``Graph.forward`` in float64
+   and, in ``float32`` arithmetic (the default), the model's ops run in float32 by onnxruntime
+   (``Linear.chain_absimg``: the rounding of each op of a folded chain);
 3. the final evaluation with the box is rounded down with an explicit error bound.
 
 Any slope in [0, 1] for an unstable ReLU gives valid lines, so optimised slopes (``alpha``) need no
@@ -43,7 +45,7 @@ import numpy as np
 
 from ..graph import Graph, MaxPool, Relu
 from ..ops.linear import rows_times, times
-from ..fp import TINY, absmax, affine_interval, down, gamma, up
+from ..fp import ARITHMETICS, TINY, TINY32, U32, absmax, affine_interval, down, gamma, up
 
 CHUNK_ENTRIES = 1 << 23          # floats per coefficient block (64 MB; smaller blocks were
                                  # measured slower on ACAS Xu batches: more Python per entry)
@@ -231,7 +233,11 @@ def _scatter(P: np.ndarray, sel: np.ndarray, n: int) -> np.ndarray:
 class Engine:
     """Bounds for batches of domains of one graph (see the module docstring)."""
 
-    def __init__(self, graph: Graph, chunk_entries: int = CHUNK_ENTRIES):
+    def __init__(self, graph: Graph, chunk_entries: int = CHUNK_ENTRIES,
+                 arithmetic: str = "float32"):
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"arithmetic must be one of {ARITHMETICS}, not {arithmetic!r}")
+        self.arithmetic = arithmetic
         self.graph = graph
         self.nodes = graph.nodes
         self.chunk = int(chunk_entries)
@@ -301,11 +307,34 @@ class Engine:
             hi += times(P, dom.upper[j]) + times(N, dom.lower[j])
         if dom.fwd[i] is None:
             # any sound magnitudes give a valid slack: the first (interval) ones are used
-            a = node.absimg([self.mag(dom, j) for j in node.inputs])
-            nt = node.n_terms
-            dom.absimg[i], dom.fwd[i] = a, gamma(nt) * a + nt * TINY
-        delta = dom.fwd[i] + gamma(node.n_terms) * dom.absimg[i]
+            mags = [self.mag(dom, j) for j in node.inputs]
+            a = node.absimg(mags)
+            nt = node.row_terms
+            fwd = gamma(nt) * a + nt * TINY                 # Graph.forward in float64
+            if self.arithmetic == "float32":                # onnxruntime, op by op, in float32
+                t32 = node.terms32
+                fwd = fwd + gamma(t32, U32) * node.chain_absimg(mags) + t32 * TINY32
+            dom.absimg[i], dom.fwd[i] = a, fwd
+        delta = dom.fwd[i] + gamma(node.row_terms) * dom.absimg[i]
         return down(lo - delta), up(hi + delta)
+
+    def deviation(self, dom: Domains) -> list:
+        """Per node ``(B, size)`` bounds on ``|value as the model runs - exact value|`` for every
+        input of each domain: ``fwd`` at each Linear node plus its inputs' deviations through
+        ``|A|``; relaxed kinds pass deviations on (``error_bound``; 1-Lipschitz kinds unchanged).
+        Turns a real-arithmetic bound on ``C y - d`` (the exact MILP's) into one for the model as
+        it runs: subtract ``|C| deviation[output]``.  Needs ``interval`` (or ``bound``) first."""
+        e = [np.zeros_like(dom.lower[0])]
+        for i in range(1, len(self.nodes)):
+            node = self.nodes[i]
+            if node.affine:
+                v = dom.fwd[i].copy()
+                for k, j in enumerate(node.inputs):
+                    v = v + times(node.abs_mat(k), e[j])
+                e.append(up(v * (1.0 + gamma(node.row_terms))))
+            else:
+                e.append(node.error_bound(e[node.inputs[0]]))
+        return e
 
     # -- bounds of nodes ---------------------------------------------------------------------------
     def interval(self, dom: Domains, upto: int | None = None) -> Domains:

@@ -27,9 +27,10 @@ class Ladder:
     """Bounds of one box, and of the rows of ``C @ y - d`` when ``C`` is given."""
 
     def __init__(self, graph: Graph, lower, upper, C=None, d=None, *,
-                 alpha_steps: int = ALPHA_STEPS, margin_lp: bool = True):
+                 alpha_steps: int = ALPHA_STEPS, margin_lp: bool = True,
+                 arithmetic: str = "float32"):
         self.graph = graph
-        self.eng = Engine(graph)
+        self.eng = Engine(graph, arithmetic=arithmetic)
         self.dom = domains(graph, lower, upper)
         self.C, self.d = _check_property(graph, C, d)
         self.alpha_steps = alpha_steps

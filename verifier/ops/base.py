@@ -13,8 +13,9 @@ one file to this package:
 
 Affine kinds (``affine = True``, only ``Linear``) are back-substituted through their matrices by the
 bound engine.  Every other kind is *relaxed*: ``interval(lo, hi)`` maps sound input bounds to sound
-output bounds (exactly, in float), and ``relax(lo, hi, ...)`` gives a ``Relaxation``: two linear
-functions of the input that bound the output from below and above on the box.  The engine
+output bounds (exactly, in float), ``relax(lo, hi, ...)`` gives a ``Relaxation``: two linear
+functions of the input that bound the output from below and above on the box, and
+``error_bound(e)`` bounds how far the output moves when the input moves by at most ``e``.  The engine
 (``verifier.bounds.engine``) is the only place that turns these into bounds; the float-error proof
 lives there, once.
 """

@@ -45,6 +45,13 @@ def triplets(A):
 class Linear(Node):
     mats: tuple = ()                    # one matrix per input, shape (size, inputs[k].size)
     bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # How the ONNX ops this node stands for round when onnxruntime runs them one after another in
+    # float32 (see ``chain_absimg``): magnitude matrices and bias magnitudes of the op chain (None:
+    # the node is one op, |A_k| and |b|), and the number of rounded terms along the chain (None:
+    # ``row_terms``).  Kept up to date when nodes are merged (``passes``).
+    abs_mats: tuple | None = None
+    abs_bias: np.ndarray | None = None
+    chain_terms: int | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     kind = "linear"
@@ -59,9 +66,24 @@ class Linear(Node):
                 raise ValueError(f"matrix {A.shape} does not map {s} values to {self.size}")
 
     @property
-    def n_terms(self) -> int:
-        """Terms summed per output (every input value, plus the bias): sets the rounding bound."""
-        return sum(A.shape[1] for A in self.mats) + len(self.mats) + 1
+    def row_terms(self) -> int:
+        """The most nonzero terms summed for one output (over every input, plus the bias): a sum
+        of that many products rounds by at most ``gamma(row_terms)`` of its magnitude in any order
+        (zero terms add exactly 0)."""
+        if "row_terms" not in self._cache:
+            nnz = np.zeros(self.size, np.int64)
+            for A in self.mats:
+                nnz += np.diff(sp.csr_array(A).indptr) if sp.issparse(A) else \
+                    np.count_nonzero(A, axis=1)
+            self._cache["row_terms"] = int(nnz.max(initial=0)) + 1
+        return self._cache["row_terms"]
+
+    @property
+    def terms32(self) -> int:
+        """Rounded terms per output of the op chain as onnxruntime runs it (each op of a chain
+        rounds its own sums; two more terms cover an op's own scaling and bias add, as Gemm's alpha and
+        beta, or constant folding by the runtime)."""
+        return self.chain_terms if self.chain_terms is not None else self.row_terms + 2
 
     def _derived(self, what: str, k: int):
         key = (what, k)
@@ -102,10 +124,25 @@ class Linear(Node):
 
     def absimg(self, mags: list[np.ndarray]) -> np.ndarray:
         """``sum_k |A_k| m_k + |b|`` for magnitudes ``m_k >= |x_k|`` (``(..., size_k)``): every float
-        evaluation of the node errs by at most ``gamma(n_terms)`` times this."""
+        evaluation of ``A x + b`` errs by at most ``gamma(row_terms)`` times this."""
         s = np.abs(self.bias)
         for k, m in enumerate(mags):
             s = s + times(self.abs_mat(k), m)
+        return s
+
+    def chain_absimg(self, mags: list[np.ndarray]) -> np.ndarray:
+        """The magnitude the op chain's float32 rounding is relative to: for ops ``W_1 .. W_q``
+        run in turn, the error of op ``i`` (``gamma(n_i)`` of its own ``|W_i| |in| + |b_i|``)
+        reaches the output through ``|W_q| .. |W_i+1|``, so in total it is at most
+        ``gamma(terms32)`` times ``|W_q| .. |W_1| m + (the same for the biases)`` -- which
+        ``abs_mats``/``abs_bias`` hold (``|A_k|``, ``|b|`` for a single op).  Cancellation in a
+        product of ops can make ``|A|`` much smaller than this, so ``absimg`` would not do."""
+        if self.abs_mats is None and self.abs_bias is None:
+            return self.absimg(mags)
+        s = np.abs(self.bias) if self.abs_bias is None else self.abs_bias
+        for k, m in enumerate(mags):
+            M = self.abs_mat(k) if self.abs_mats is None else self.abs_mats[k]
+            s = s + times(M, m)
         return s
 
     # -- MILP / LP rows -------------------------------------------------------------------------

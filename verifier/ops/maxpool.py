@@ -51,6 +51,10 @@ class MaxPool(Node):
     def interval(self, lo: np.ndarray, hi: np.ndarray):
         return _windowed(self.windows, lo).max(axis=-1), _windowed(self.windows, hi).max(axis=-1)
 
+    def error_bound(self, e: np.ndarray) -> np.ndarray:
+        """``|max(a) - max(b)| <= max |a - b|`` over each window."""
+        return _windowed(self.windows, e).max(axis=-1)
+
     def _selection(self, l: np.ndarray, u: np.ndarray):
         """Per window (batched over leading axes): the entry with the largest lower bound, that
         bound, whether it dominates the window, and the window's largest upper bound."""

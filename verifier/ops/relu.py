@@ -67,6 +67,10 @@ class Relu(Node):
     def interval(self, lo: np.ndarray, hi: np.ndarray):
         return np.maximum(lo, 0.0), np.maximum(hi, 0.0)
 
+    def error_bound(self, e: np.ndarray) -> np.ndarray:
+        """``|relu(a) - relu(b)| <= |a - b|``: deviations pass through unchanged."""
+        return e
+
     def relax(self, l: np.ndarray, u: np.ndarray, alpha: np.ndarray | None = None) -> Relaxation:
         """``alpha``: lower slopes for the unstable entries (any values in [0, 1], ``(B, size)`` or
         ``(B, k, size)``); default CROWN's adaptive choice."""

@@ -74,7 +74,7 @@ def conjunction_lower(conjs, row_lower) -> np.ndarray:
 def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: str = "highs",
                margin_lower=None, mode: str = "joint", tol: float | None = None,
                threads: int = 1, isolate: bool = False, options: dict | None = None,
-               prune: bool = True, relax: bool = False) -> CaseResult:
+               prune: bool = True, relax: bool = False, need: float = 0.0) -> CaseResult:
     """Decide the sign of the worst-case margin of ``case`` (a Case: ``.box``, ``.unsafe``).
 
     ``bounds``: sound per-node bounds on ``case.box`` (a ``Bounds`` or ``(lower, upper)``).
@@ -87,6 +87,8 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
     threatening first, stopping at the first candidate.  ``prune=False`` sends every conjunction
     to the solver (benchmarks).  ``options``: extra HiGHS options.  ``isolate``: solve in a child
     process killed at the time limit (hard limit).
+    ``need``: search only below ``2 tau + need`` (the caller will subtract ``need`` from the
+    margin, e.g. the float32 deviation of the output).
     ``relax=True``: LP relaxation only (one LP per conjunction, since the disjunction's relaxation
     is weak); ``margin_lower`` then comes from ``lp_dual_bound`` (HiGHS) and the LP optimum's input
     is forward-evaluated: "candidate" only if the network itself violates there.
@@ -155,7 +157,7 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
                             options=options)
         else:
             # search only below 2 tau (cutoff); stop at the first incumbent below -tau
-            r = solve_model(model, backend, time_limit=share, start=z0, cutoff=2 * tau,
+            r = solve_model(model, backend, time_limit=share, start=z0, cutoff=2 * tau + need,
                             stop_below=-tau, threads=threads, isolate=isolate, options=options)
         solved += 1
         stats["time_solve"] += r.time_s

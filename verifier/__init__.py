@@ -8,7 +8,9 @@
 """
 from .api import load, min_distortion, verify, verify_vnnlib
 from .certificate import Certificate
+from .check import check_certificate
 from .config import Options
 
-__all__ = ["load", "verify", "verify_vnnlib", "min_distortion", "Certificate", "Options"]
+__all__ = ["load", "verify", "verify_vnnlib", "min_distortion", "check_certificate",
+           "Certificate", "Options"]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import api
+from .check import check_certificate
 from .certificate import Certificate, certificate_record, file_entry, vnncomp_result, \
     write_certificate
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="valid input range (default 0 1)")
     how = p.add_argument_group("how")
     how.add_argument("--method", default=None, help="auto|bounds|lp|milp|attack (default auto)")
-    how.add_argument("--timeout", type=float, help="seconds per property (default 60; with "
+    how.add_argument("--timeout", type=float, help=f"seconds per property (default "
+                     f"{api.Options().timeout:g}; with "
                      "--instances the file's timeouts)")
     how.add_argument("--min-distortion", action="store_true",
                      help="find the smallest distortion that changes the label of --input")
@@ -193,8 +195,7 @@ def _single(args, mode: str, options) -> int:
 
 
 def _options(args) -> api.Options:
-    return api.Options(method=args.method or "auto",
-                       timeout=60.0 if args.timeout is None else args.timeout)
+    return api.Options().override(method=args.method, timeout=args.timeout)
 
 
 def _need_file(path, what: str) -> Path:
@@ -329,12 +330,11 @@ def _distortion(args, modes) -> int:
         raise UsageError(f"{extra[0]} does not apply to --min-distortion")
     norm = api.check_norm(args.norm)
     _check_output_paths(args)
-    if args.timeout is not None:
-        api.Options(timeout=args.timeout)
+    timeout = api.Options().override(timeout=args.timeout).timeout
     x = _read_npy(args.input)
     net = api.load(args.model)
     r = api.min_distortion(net, x, args.label, norm=norm,
-                           timeout=60.0 if args.timeout is None else args.timeout,
+                           timeout=timeout,
                            max_eps=args.eps, domain=args.domain, target=args.target)
     if args.certificate:
         prop = {"kind": "min_distortion", "x": x.reshape(-1), "label": args.label, "norm": norm,
@@ -342,7 +342,7 @@ def _distortion(args, modes) -> int:
                 "input": file_entry(args.input)}
         write_certificate(args.certificate, certificate_record(
             r, model_path=args.model, prop=prop,
-            options={"timeout": 60.0 if args.timeout is None else args.timeout}))
+            options={"timeout": timeout}))
     if args.json:
         print(r.to_json())
     else:
@@ -359,9 +359,8 @@ def _check(args) -> int:
                    "certificate", "results_file", "export", "min_distortion")
     if extra:
         raise UsageError(f"{extra[0]} does not apply to --check")
-    if args.method is not None:
-        api.Options(method=args.method, timeout=60.0 if args.timeout is None else args.timeout)
-    res = api.check_certificate(args.check, args.model, vnnlib=args.vnnlib, method=args.method,
+    api.Options().override(method=args.method, timeout=args.timeout)     # validated before work
+    res = check_certificate(args.check, args.model, vnnlib=args.vnnlib, method=args.method,
                                 timeout=args.timeout)
     if args.json:
         print(json.dumps(res.to_dict()))

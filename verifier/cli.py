@@ -9,6 +9,7 @@ does not match the model or was modified).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -81,8 +82,8 @@ def main(argv=None) -> int:
         _error(str(e))
     except _user_errors() as e:
         _error(_first_line(e))
-    except KeyboardInterrupt:
-        print("verify: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("verify: interrupted" + (f" ({e.args[0]})" if e.args else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:         # stdout closed early (verify ... | head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -111,9 +112,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _user_errors() -> tuple:
-    from .bench import BenchError
-    from .bench_worker import WorkerError
-    return api.USER_ERRORS + (BenchError, WorkerError)
+    from .batch.errors import BatchError, WorkerError
+    return api.USER_ERRORS + (BatchError, WorkerError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,14 +234,25 @@ def _instances(args) -> int:
                    "label", "target")
     if extra:
         raise UsageError(f"{extra[0]} does not apply to --instances")
-    from . import bench
-    s = bench.run_instances(args.instances, jobs=args.jobs, out=args.out or "results.csv",
-                            resume=args.resume,
-                            plot=args.plot, scheduler=args.scheduler,
-                            method=args.method or "auto", timeout=args.timeout,
-                            progress=sys.stderr.isatty(), json_lines=args.json)
+    from .batch import run_instances
+    out = args.out or "results.csv"
+    with _resumable(out):
+        s = run_instances(args.instances, jobs=args.jobs, out=out, resume=args.resume,
+                          plot=args.plot, scheduler=args.scheduler,
+                          method=args.method or "auto", timeout=args.timeout,
+                          progress=sys.stderr.isatty(), json_lines=args.json)
     print(s.table(), file=sys.stderr if args.json else sys.stdout)
     return 1 if s.wrong else 0
+
+
+@contextlib.contextmanager
+def _resumable(out):
+    """Ctrl-C during a batch run says where the finished rows are and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the finished rows are saved in {out}; run the same command "
+                                f"with --resume to continue") from None
 
 
 def _progress():

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from verifier import bench
-from verifier.bench import BenchError, Summary, judge, read_instances, run_instances
+from verifier.batch import BatchError, Summary, judge, read_instances, run_instances
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = f"{Path(__file__).resolve()}:fake_verify"
@@ -159,9 +158,9 @@ def test_instances_file_parsing(tmp_path):
     for bad, msg in [("a.onnx,p.vnnlib\n", "fields"), ("a.onnx,p.vnnlib,soon\n", "not a number"),
                      ("a.onnx,p.vnnlib,0\n", "> 0"), ("", "no instances")]:
         f.write_text(bad)
-        with pytest.raises(BenchError, match=msg):
+        with pytest.raises(BatchError, match=msg):
             read_instances(f)
-    with pytest.raises(BenchError, match="not found"):
+    with pytest.raises(BatchError, match="not found"):
         read_instances(tmp_path / "nope.csv")
 
 
@@ -169,11 +168,11 @@ def test_existing_results_need_resume(tmp_path):
     csv_path = make_suite(tmp_path / "s", suite=SUITE[:1])
     out = tmp_path / "r.csv"
     out.write_text("something,else\n1,2\n")
-    with pytest.raises(BenchError, match="--resume"):
+    with pytest.raises(BatchError, match="--resume"):
         run_instances(csv_path, out=out, runner=FAKE, progress=False)
-    with pytest.raises(BenchError, match="not a results file"):
+    with pytest.raises(BatchError, match="not a results file"):
         run_instances(csv_path, out=out, runner=FAKE, progress=False, resume=True)
-    with pytest.raises(BenchError, match="method"):
+    with pytest.raises(BatchError, match="method"):
         run_instances(csv_path, out=tmp_path / "x.csv", method="magic", progress=False)
 
 
@@ -184,10 +183,10 @@ def test_kill_and_resume(tmp_path):
     csv_path = make_suite(tmp_path / "suite")
     out = tmp_path / "results.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "verifier.bench", str(csv_path), "--jobs", "2",
-                             "--out", str(out), "--runner", FAKE, "--no-progress"],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    code = (f"from verifier.batch import run_instances; run_instances({str(csv_path)!r}, "
+            f"jobs=2, out={str(out)!r}, runner={FAKE!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t_end = time.monotonic() + 30
     while time.monotonic() < t_end:
         if out.exists() and out.read_text().count("\n") >= 3:     # header + 2 rows
@@ -276,7 +275,7 @@ def test_json_lines_and_plot(tmp_path, capsys):
                for o in objs)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # overlay of two runs with labels
-    from verifier.bench_plot import plot_cactus, solved_times
+    from verifier.batch.plots import plot_cactus, solved_times
     times, total = solved_times(out)
     assert total == 3 and len(times) == 2 and times == sorted(times)
     plot_cactus([out, out], tmp_path / "two.png", labels=["a", "b"])
@@ -340,19 +339,20 @@ def test_real_pipeline_mnist_fc(tmp_path):
 
 def test_graph_cache_in_worker(tmp_path, monkeypatch):
     """The default runner loads each model once per worker process (same path, same file)."""
-    from verifier import api, bench_worker
+    from verifier import api
+    from verifier.batch import runners
     from verifier.certificate import Certificate
     loads = []
     monkeypatch.setattr(api, "load", lambda p: loads.append(p) or object())
     monkeypatch.setattr(api, "verify_vnnlib", lambda net, v, options: Certificate(
         "unknown", method=f"{id(net)}:{options.timeout > 0}"))
-    monkeypatch.setattr(bench_worker, "_GRAPHS", type(bench_worker._GRAPHS)())
+    monkeypatch.setattr(runners, "_GRAPHS", type(runners._GRAPHS)())
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     a.write_bytes(b"1")
     b.write_bytes(b"2")
-    m = [bench_worker.verify_instance(str(p), "x.vnnlib", timeout=5.0).method
+    m = [runners.verify_instance(str(p), "x.vnnlib", timeout=5.0).method
          for p in (a, a, b, a)]
     assert loads == [str(a), str(b)] and m[0] == m[1] == m[3] != m[2]
     os.utime(a, ns=(0, 0))                      # a changed file is loaded again
-    bench_worker.verify_instance(str(a), "x.vnnlib", timeout=5.0)
+    runners.verify_instance(str(a), "x.vnnlib", timeout=5.0)
     assert loads == [str(a), str(b), str(a)]

@@ -53,9 +53,11 @@ def read_csv_rows(path) -> list[tuple[int, list[str]]]:
     rows = []
     try:
         for row in reader:
+            if any("\x00" in c for c in row):     # no file name holds one; os calls refuse it
+                raise BatchError(f"{path}: line {reader.line_num}: contains a NUL byte")
             rows.append((reader.line_num, row))
     except csv.Error as e:
-        raise BatchError(f"{path}: line {reader.line_num + 1}: not a CSV line ({e})") from None
+        raise BatchError(f"{path}: line {reader.line_num}: not a CSV line ({e})") from None
     return rows
 
 

@@ -39,13 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "(ONNX) by mixed-integer programming.")
     p.add_argument("model", nargs="?", help="the network, .onnx or .onnx.gz")
     what = p.add_argument_group("property")
-    what.add_argument("--eps", type=float, help="L-infinity radius around --input / --dataset "
-                      "(with --min-distortion: the largest distance searched)")
+    what.add_argument("--eps", type=float, nargs="+", metavar="EPS",
+                      help="L-infinity radius around --input / --dataset; with --dataset several "
+                      "radii give a robustness curve (with --min-distortion: the largest "
+                      "distance searched)")
     what.add_argument("--input", help="one input, .npy (any shape holding the model's input size)")
     what.add_argument("--label", type=int, help="the input's true class")
     what.add_argument("--target", type=int, help="only check this other class")
     what.add_argument("--vnnlib", help="a VNN-LIB v1 property file instead of --eps/--input/--label")
-    what.add_argument("--dataset", help=".npz with arrays x (N, ...) and y (N,): verify every sample")
+    what.add_argument("--dataset", help=".npz with arrays x (N, ...) and y (N,): verify every "
+                      "sample (at every --eps)")
     what.add_argument("--domain", nargs=2, type=float, metavar=("LO", "HI"), default=(0.0, 1.0),
                       help="valid input range (default 0 1)")
     how = p.add_argument_group("how")
@@ -63,13 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--export", help="write the MILP (.mps or .lp) of the first case bounds do "
                      "not decide, then verify as usual")
     out.add_argument("--check", metavar="CERT", help="re-check certificate file CERT against MODEL")
-    batch = p.add_argument_group("batch runs")
+    batch = p.add_argument_group("batch runs (--instances, --dataset)")
     batch.add_argument("--instances", help="VNN-COMP instances CSV (onnx,vnnlib,timeout): run all")
-    batch.add_argument("--jobs", type=int, help="local worker processes (default: all cores)")
-    batch.add_argument("--out", help="results CSV (default results.csv)")
+    batch.add_argument("--jobs", type=int, help="worker processes (default: all cores with "
+                       "--instances, 1 with --dataset)")
+    batch.add_argument("--out", help="results CSV (default results.csv with --instances, none "
+                       "with --dataset)")
     batch.add_argument("--resume", action="store_true",
-                       help="continue --out, skipping finished instances")
-    batch.add_argument("--plot", help="also write a cactus plot (.png/.svg/.pdf)")
+                       help="continue --out, skipping what is done")
+    batch.add_argument("--plot", help="also write a plot (.png/.svg/.pdf): a cactus plot, or "
+                       "the robustness curve")
     batch.add_argument("--scheduler", help="tcp://HOST:PORT of a Dask scheduler: run there")
     return p
 
@@ -124,13 +130,19 @@ def _given(args, *names) -> list[str]:
 
 
 def _run(args) -> int:
+    args.eps_all = args.eps             # several only for --dataset; elsewhere args.eps is one
+    if args.eps is not None:
+        if len(args.eps) > 1 and not args.dataset:
+            raise UsageError("several --eps values need --dataset (a robustness curve)")
+        args.eps = args.eps[0]
     if args.check:
         return _check(args)
     if args.instances:
         return _instances(args)
     batch = _given(args, "jobs", "out", "resume", "plot", "scheduler")
-    if batch:
-        raise UsageError(f"{batch[0]} applies only to --instances")
+    if batch and (not args.dataset or batch[0] == "--scheduler"):
+        raise UsageError(f"{batch[0]} applies only to --instances"
+                         + ("" if batch[0] == "--scheduler" else " or --dataset"))
     if args.model is None:
         raise UsageError("the model file is required (verify MODEL.onnx [options])")
     modes = [m for m in ("vnnlib", "dataset", "input") if getattr(args, m)]
@@ -145,7 +157,7 @@ def _run(args) -> int:
         print(api.forward_check(net))
         return 0
     if modes == ["dataset"]:
-        return _dataset(api.load(args.model), args, _options(args))
+        return _dataset(args, _options(args))
     return _single(args, modes[0], _options(args))
 
 
@@ -430,26 +442,71 @@ def _read_dataset(path, net) -> tuple[np.ndarray, np.ndarray]:
     return xs.reshape(len(xs), -1), yi
 
 
-def _dataset(net, args, options) -> int:
+def _dataset(args, options) -> int:
+    """Every sample at every --eps: a line per sample (per row with --json), then the table."""
     if args.target is not None:
         raise UsageError("--target does not apply to --dataset")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out, the results CSV to continue")
+    net = api.load(args.model)
     xs, ys = _read_dataset(args.dataset, net)
-    props = [api.robustness(net, x, int(y), args.eps, domain=args.domain)   # all checked first
-             for x, y in zip(xs, ys)]
-    counts = {s: 0 for s in ("verified", "falsified", "unknown", "timeout")}
-    if not args.json:
-        print(f"{'#':>4}  {'label':>5}  answer")
-    for i, (prop, y) in enumerate(zip(props, ys)):
-        cert = api.verify_property(net, prop, options, _progress())
-        counts[cert.status] += 1
-        print(json.dumps({"index": i, **cert.to_dict()}) if args.json
-              else f"{i:>4}  {int(y):>5}  {cert.summary_line()}", flush=True)
-    if not args.json:
-        n = len(xs)
-        print(f"verified {counts['verified']}, falsified {counts['falsified']}, "
-              f"unknown {counts['unknown'] + counts['timeout']} of {n}; certified robust accuracy "
-              f"{counts['verified'] / max(n, 1):.1%}")
+    eps = sorted(set(args.eps_all))
+    show = _SampleLines(eps, args.json)
+    with _resumable(args.out) if args.out else contextlib.nullcontext():
+        curve = api.robustness_curve(net, xs, ys, eps, domain=args.domain, options=options,
+                                     jobs=1 if args.jobs is None else args.jobs,
+                                     out=args.out, resume=args.resume, plot=args.plot,
+                                     progress=sys.stderr.isatty(), on_row=show.row,
+                                     dataset_path=args.dataset)
+    if len(eps) > 1:
+        print(curve.table(), file=sys.stderr if args.json else sys.stdout)
+    elif not args.json:
+        c = curve.count(0)
+        undecided = c["unknown"] + c["timeout"] + c["error"] + c["missing"]
+        print(f"verified {c['verified']}, falsified {c['falsified']}, unknown {undecided} of "
+              f"{curve.n}; certified robust accuracy {curve.certified(0):.1%}")
     return 0
+
+
+class _SampleLines:
+    """What ``--dataset`` prints as answers come: with one ε a line per sample (the answer), with
+    several a line per sample once all its ε are answered (V verified, F falsified, ? unknown,
+    T timeout, E error); with --json one object per answer."""
+    MARKS = {"verified": "V", "falsified": "F", "unknown": "?", "timeout": "T", "error": "E"}
+
+    def __init__(self, eps, json_lines: bool):
+        from .batch.progress import echo
+        self.eps, self.json, self.echo = eps, json_lines, echo
+        self.seen: dict[int, dict] = {}
+        self.header = not json_lines
+
+    def row(self, index: int, eps: float, row: dict) -> None:
+        from .batch.run import json_line
+        if self.header:                 # with the first answer: every option was accepted
+            cols = "answer" if len(self.eps) == 1 else "  ".join(f"{e:>6g}" for e in self.eps)
+            self.echo(f"{'#':>4}  {'label':>5}  {cols}")
+            self.header = False
+        if self.json:
+            keys = {"index": index} if len(self.eps) == 1 else {"index": index, "eps": eps}
+            self.echo(json_line(row, keys))
+            return
+        if len(self.eps) == 1:
+            self.echo(f"{index:>4}  {row['label']:>5}  {_answer_line(row)}")
+            return
+        got = self.seen.setdefault(index, {})
+        got[eps] = row["status"]
+        if len(got) == len(self.eps):
+            marks = "  ".join(f"{self.MARKS[got[e]]:>6}" for e in self.eps)
+            self.echo(f"{index:>4}  {row['label']:>5}  {marks}")
+            del self.seen[index]
+
+
+def _answer_line(row: dict) -> str:
+    if row["status"] == "error":
+        return f"ERROR  {row.get('note') or ''}"
+    cert = row.get("cert") or {}
+    return Certificate(**{k: cert[k] for k in Certificate.__dataclass_fields__ if k in cert}
+                       ).summary_line()
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_outputs(out, plot, inputs: list[tuple[str, str]]) -> None:
-    """``out`` (results CSV) and ``plot`` (image, may be None) can be written and name none of
-    ``inputs`` (``(path, what it is)``) nor each other."""
-    outputs = [(Path(out), "--out")] + ([(Path(plot), "--plot")] if plot else [])
+    """``out`` (results CSV) and ``plot`` (image), either may be None, can be written and name
+    none of ``inputs`` (``(path, what it is)``) nor each other."""
+    outputs = [(Path(p), flag) for p, flag in ((out, "--out"), (plot, "--plot")) if p]
     for p, flag in outputs:
         if p.is_dir():
             raise BatchError(f"{flag} {p} is a directory; give a file name")
@@ -47,6 +47,6 @@ def check_outputs(out, plot, inputs: list[tuple[str, str]]) -> None:
                 raise BatchError(f"{flag} {p} is {what}: writing there would destroy an input; "
                                  f"choose another file")
     if plot:
-        if _same_file(Path(out), Path(plot)):
+        if out and _same_file(Path(out), Path(plot)):
             raise BatchError(f"--plot {plot} is the results file (--out): choose another file")
         check_plot_path(plot)

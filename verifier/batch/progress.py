@@ -29,11 +29,7 @@ class Progress:
         self.bar.set_postfix_str(text, refresh=False)
 
     def write(self, line: str) -> None:
-        """Print ``line`` on stdout without tearing the bar."""
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stdout)
-        else:
-            print(line, flush=True)
+        echo(line)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -43,3 +39,14 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def echo(line: str) -> None:
+    """Print ``line`` on stdout without tearing a progress bar shown on stderr."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line, flush=True)
+        return
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()

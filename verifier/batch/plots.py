@@ -123,7 +123,7 @@ def plot_curve(curve, path, title: str | None = None) -> None:
         ax.set_ylabel(f"accuracy (%) of {curve.n} samples")
         ax.set_ylim(0, 102)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower left")
+        ax.legend(loc="best")
         ax.set_title(title or curve.title())
         fig.tight_layout()
         fig.savefig(path, dpi=120)

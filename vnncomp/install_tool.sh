@@ -6,22 +6,16 @@
 # already hold the verifier, e.g. one made by `make install`); nothing is installed then.
 # PYTHON=python3.X picks the interpreter of a new environment (Python >= 3.10).
 set -euo pipefail
-VERSION_STRING=v1
-if [ "${1:-}" != "$VERSION_STRING" ]; then
-    echo "install_tool.sh: expected first argument (version string) '$VERSION_STRING', got '${1:-}'" >&2
-    exit 1
-fi
-TOOL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+check_args install_tool.sh 1 "v1" "$@" || exit 1
 
 if [ -n "${VERIFIER_VENV:-}" ]; then
-    VENV="$VERIFIER_VENV"
     if ! "$VENV/bin/python" -c "import verifier" 2>/dev/null || [ ! -x "$VENV/bin/verify" ]; then
         echo "install_tool.sh: VERIFIER_VENV=$VENV holds no installed verifier" >&2
         exit 1
     fi
     echo "install_tool.sh: using the existing environment $VENV"
 else
-    VENV="$TOOL_DIR/.venv"
     "${PYTHON:-python3}" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet "$TOOL_DIR"

@@ -6,20 +6,10 @@
 # ours that an earlier instance left behind (run_instance.sh records its own pid and the
 # process group it starts in $TMPDIR/verifier-vnncomp-UID.pgid).
 # Exit 0: ready (every category is attempted); 1: bad arguments or no installation.
-VERSION_STRING=v1
-if [ "${1:-}" != "$VERSION_STRING" ]; then
-    echo "prepare_instance.sh: expected first argument (version string) '$VERSION_STRING', got '${1:-}'" >&2
-    exit 1
-fi
-if [ $# -ne 4 ]; then
-    echo "prepare_instance.sh: usage: prepare_instance.sh v1 CATEGORY ONNX VNNLIB" >&2
-    exit 1
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+check_args prepare_instance.sh 4 "v1 CATEGORY ONNX VNNLIB" "$@" || exit 1
 ONNX_FILE=$3
 VNNLIB_FILE=$4
-TOOL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VERIFIER_VENV:-$TOOL_DIR/.venv}"
-PIDFILE="${TMPDIR:-/tmp}/verifier-vnncomp-$(id -u).pgid"
 
 if [ ! -x "$VENV/bin/verify" ]; then
     echo "prepare_instance.sh: no verifier in $VENV (run install_tool.sh v1 first)" >&2

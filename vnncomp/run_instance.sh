@@ -10,23 +10,13 @@
 # result is `timeout`.
 # Exit 0 when the result is sat, unsat, unknown or timeout; 1 for error or bad arguments.
 START=$(date +%s.%N)
-VERSION_STRING=v1
-if [ "${1:-}" != "$VERSION_STRING" ]; then
-    echo "run_instance.sh: expected first argument (version string) '$VERSION_STRING', got '${1:-}'" >&2
-    exit 1
-fi
-if [ $# -ne 6 ]; then
-    echo "run_instance.sh: usage: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS_FILE TIMEOUT" >&2
-    exit 1
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+check_args run_instance.sh 6 "v1 CATEGORY ONNX VNNLIB RESULTS_FILE TIMEOUT" "$@" || exit 1
 CATEGORY=$2
 ONNX_FILE=$3
 VNNLIB_FILE=$4
 RESULTS_FILE=$5
 TIMEOUT=$6
-TOOL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VERIFIER_VENV:-$TOOL_DIR/.venv}"
-PIDFILE="${TMPDIR:-/tmp}/verifier-vnncomp-$(id -u).pgid"
 
 # seconds left since START: "hard soft" (both at least 0.1, so a tiny timeout still runs)
 budget() {

@@ -71,7 +71,7 @@ def test_install_checks_the_given_environment():
 def test_prepare_and_run_shipped_instances(tmp_path, category, onnx, vnnlib, expected):
     onnx, vnnlib = BENCH / category / "onnx" / onnx, BENCH / category / "vnnlib" / vnnlib
     r, _ = script("prepare_instance.sh", "v1", category, onnx, vnnlib)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr
     result = tmp_path / "out.txt"
     timeout = 60
     r, wall = script("run_instance.sh", "v1", category, onnx, vnnlib, result, timeout)

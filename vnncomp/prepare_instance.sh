@@ -25,7 +25,8 @@ done
 # A leftover: run_instance.sh was killed (it is gone) but the process group it started, a
 # `timeout` running our verify, still lives.  A run whose script is alive is left alone, and a
 # pid that was reused by another program is not ours.
-if read -r script_pid pgid < "$PIDFILE" 2>/dev/null && [[ "$script_pid$pgid" =~ ^[0-9]+$ ]]; then
+if [ -f "$PIDFILE" ] && read -r script_pid pgid < "$PIDFILE" \
+        && [[ "$script_pid$pgid" =~ ^[0-9]+$ ]]; then
     if ! kill -0 "$script_pid" 2>/dev/null \
             && [ "$(ps -o comm= -p "$pgid" 2>/dev/null)" = "timeout" ] \
             && ps -o args= -p "$pgid" | grep -q "/bin/verify "; then

@@ -481,7 +481,7 @@ class _SampleLines:
         self.header = not json_lines
 
     def row(self, index: int, eps: float, row: dict) -> None:
-        from .batch.run import json_line
+        from .batch.results import json_line
         if self.header:                 # with the first answer: every option was accepted
             cols = "answer" if len(self.eps) == 1 else "  ".join(f"{e:>6g}" for e in self.eps)
             self.echo(f"{'#':>4}  {'label':>5}  {cols}")

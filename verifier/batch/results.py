@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
+import json
+import math
 import os
 from pathlib import Path
 
@@ -47,6 +49,32 @@ def fmt(v) -> str:
     if isinstance(v, float):
         return repr(v)              # full precision: margins are evidence
     return str(v)
+
+
+def _plain(v):
+    return v.tolist() if hasattr(v, "tolist") else str(v)     # numpy values in stats
+
+
+def json_row(row: dict, keys: dict) -> dict:
+    """The ``--json`` object of one finished task: ``keys`` (what identifies it), then the
+    DESIGN's fields, then ``expected``/``correct``/``note`` when set."""
+    cert = dict(row.get("cert") or {})
+    d = {**keys, "status": row["status"],
+         "time_s": row.get("time_s"), "margin_lower": row.get("margin_lower"),
+         "margin_upper": row.get("margin_upper"), "counterexample": cert.get("counterexample"),
+         "output": cert.get("output"), "method": row.get("method", ""),
+         "stats": cert.get("stats", {})}
+    for k in ("expected", "correct", "note"):
+        if row.get(k):
+            d[k] = row[k]
+    for k in ("margin_lower", "margin_upper", "time_s"):
+        if isinstance(d[k], float) and not math.isfinite(d[k]):
+            d[k] = None
+    return d
+
+
+def json_line(row: dict, keys: dict) -> str:
+    return json.dumps(json_row(row, keys), default=_plain)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,47 +13,19 @@ crash of the worker, an internal error: see ``note``).
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 
 from .checks import check_outputs, check_run_options
 from .instances import Instance, judge, read_instances
 from .local import TaskQueue, default_jobs, run_local
 from .progress import Progress
-from .results import STATUSES, ResultsFile
+from .results import STATUSES, ResultsFile, json_line
 from .summary import Summary
 from .worker import DEFAULT_RUNNER
 
 BASE_FIELDS = ("onnx", "vnnlib", "status", "time_s", "margin_lower", "margin_upper", "method")
 EXPECTED_FIELDS = ("expected", "correct")
 DEFAULT_GRACE = 5.0
-
-
-def _plain(v):
-    return v.tolist() if hasattr(v, "tolist") else str(v)     # numpy values in stats
-
-
-def json_row(row: dict, keys: dict) -> dict:
-    """The ``--json`` object of one finished task: ``keys`` (what identifies it), then the
-    DESIGN's fields, then ``expected``/``correct``/``note`` when set."""
-    cert = dict(row.get("cert") or {})
-    d = {**keys, "status": row["status"],
-         "time_s": row.get("time_s"), "margin_lower": row.get("margin_lower"),
-         "margin_upper": row.get("margin_upper"), "counterexample": cert.get("counterexample"),
-         "output": cert.get("output"), "method": row.get("method", ""),
-         "stats": cert.get("stats", {})}
-    for k in ("expected", "correct", "note"):
-        if row.get(k):
-            d[k] = row[k]
-    for k in ("margin_lower", "margin_upper", "time_s"):
-        if isinstance(d[k], float) and not math.isfinite(d[k]):
-            d[k] = None
-    return d
-
-
-def json_line(row: dict, keys: dict) -> str:
-    return json.dumps(json_row(row, keys), default=_plain)
 
 
 def run_instances(instances_csv, *, jobs: int | None = None, out=None, resume: bool = False,

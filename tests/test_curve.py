@@ -164,9 +164,15 @@ def test_resume_keeps_rows_and_refuses_other_models(mlp_curve, tmp_path):
     lines = out.read_text().splitlines(keepends=True)
     part = tmp_path / "part.csv"
     part.write_text("".join(lines[:31]) + lines[31][:17])     # 30 rows and a torn line
+    made, announced = [], []
     again = verifier.robustness_curve(MLP, xs, ys, EPS, timeout=5, jobs=1, out=part,
-                                      resume=True)
-    assert again.made["resumed"] == 30
+                                      resume=True, on_row=lambda i, e, r: made.append(i),
+                                      on_sample=lambda i, y, st: announced.append((i, y, st)))
+    assert again.made["resumed"] == 30 and len(made) == 50
+    # each sample this run touched is announced once, with all its answers (resumed ones too)
+    assert sorted(i for i, _, _ in announced) == sorted(set(made))
+    for i, y, statuses in announced:
+        assert y == int(ys[i]) and statuses == [p["status"] for p in again.points[i]]
     for i in range(20):
         for k in range(4):
             assert compatible(again.points[i][k]["status"], curve.points[i][k]["status"])

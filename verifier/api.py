@@ -119,7 +119,7 @@ def verify_property(net: Graph, prop: Property, options: Options, progress=None)
 def robustness_curve(model, xs, ys, eps, *, domain=(0.0, 1.0), timeout: float | None = None,
                      method: str | None = None, options: Options | None = None, jobs: int = 1,
                      out=None, resume: bool = False, plot=None, progress: bool = False,
-                     on_row=None, dataset_path=None):
+                     on_row=None, on_sample=None, dataset_path=None):
     """Verify every sample ``xs[i]`` (any shape holding the model's input size, inside
     ``domain``) with label ``ys[i]`` at every L∞ radius in ``eps``, and return the table
     (``batch.curve_table.RobustnessCurve``): per ε the verified / falsified / undecided counts,
@@ -131,8 +131,8 @@ def robustness_curve(model, xs, ys, eps, *, domain=(0.0, 1.0), timeout: float | 
     samples run in ``jobs`` warm worker processes, each property with a hard limit of its timeout
     + 5 s.  ``out``: a results CSV, one row per (sample, ε), continued by ``resume``; ``plot``: an
     image of the curves (matplotlib); ``progress``: a bar on stderr; ``on_row(index, eps, row)``
-    for every answer as it comes; ``dataset_path``: where ``xs``/``ys`` came from (for the title,
-    and never overwritten).  ``model`` is a path or a graph loaded from a file (the workers load
+    for every answer as it comes, ``on_sample(index, label, statuses)`` once a sample has all;
+    ``dataset_path``: where ``xs``/``ys`` came from (for the title, and never overwritten).  ``model`` is a path or a graph loaded from a file (the workers load
     it again)."""
     from .batch.checks import check_run_options
     from .batch.curve import run_curve
@@ -156,7 +156,7 @@ def robustness_curve(model, xs, ys, eps, *, domain=(0.0, 1.0), timeout: float | 
         robustness_property(x, y, 0.0, domain, n_outputs=net.n_outputs)
     return run_curve(net, flat, labels, eps, domain=domain, options=options, jobs=jobs, out=out,
                      resume=resume, plot=plot, progress=progress, on_row=on_row,
-                     dataset_path=dataset_path)
+                     on_sample=on_sample, dataset_path=dataset_path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -384,7 +384,7 @@ def _check(args) -> int:
         raise UsageError(f"{extra[0]} does not apply to --check")
     api.Options().override(method=args.method, timeout=args.timeout)     # validated before work
     res = check_certificate(args.check, args.model, vnnlib=args.vnnlib, method=args.method,
-                                timeout=args.timeout)
+                            timeout=args.timeout)
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
@@ -457,7 +457,7 @@ def _dataset(args, options) -> int:
                                      jobs=1 if args.jobs is None else args.jobs,
                                      out=args.out, resume=args.resume, plot=args.plot,
                                      progress=sys.stderr.isatty(), on_row=show.row,
-                                     dataset_path=args.dataset)
+                                     on_sample=show.sample, dataset_path=args.dataset)
     if len(eps) > 1:
         print(curve.table(), file=sys.stderr if args.json else sys.stdout)
     elif not args.json:
@@ -477,28 +477,27 @@ class _SampleLines:
     def __init__(self, eps, json_lines: bool):
         from .batch.progress import echo
         self.eps, self.json, self.echo = eps, json_lines, echo
-        self.seen: dict[int, dict] = {}
         self.header = not json_lines
 
-    def row(self, index: int, eps: float, row: dict) -> None:
-        from .batch.results import json_line
+    def _line(self, text: str) -> None:
         if self.header:                 # with the first answer: every option was accepted
             cols = "answer" if len(self.eps) == 1 else "  ".join(f"{e:>6g}" for e in self.eps)
             self.echo(f"{'#':>4}  {'label':>5}  {cols}")
             self.header = False
+        self.echo(text)
+
+    def row(self, index: int, eps: float, row: dict) -> None:
+        from .batch.results import json_line
         if self.json:
             keys = {"index": index} if len(self.eps) == 1 else {"index": index, "eps": eps}
             self.echo(json_line(row, keys))
-            return
-        if len(self.eps) == 1:
-            self.echo(f"{index:>4}  {row['label']:>5}  {_answer_line(row)}")
-            return
-        got = self.seen.setdefault(index, {})
-        got[eps] = row["status"]
-        if len(got) == len(self.eps):
-            marks = "  ".join(f"{self.MARKS[got[e]]:>6}" for e in self.eps)
-            self.echo(f"{index:>4}  {row['label']:>5}  {marks}")
-            del self.seen[index]
+        elif len(self.eps) == 1:
+            self._line(f"{index:>4}  {row['label']:>5}  {_answer_line(row)}")
+
+    def sample(self, index: int, label: int, statuses: list) -> None:
+        if not self.json and len(self.eps) > 1:
+            marks = "  ".join(f"{self.MARKS[s]:>6}" for s in statuses)
+            self._line(f"{index:>4}  {label:>5}  {marks}")
 
 
 def _answer_line(row: dict) -> str:

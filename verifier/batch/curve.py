@@ -48,6 +48,7 @@ class _Sample:
     points: list                    # one row (or None) per ε
     open: list = field(default_factory=list)    # positions of the ε not answered, ascending
     busy: bool = False
+    announced: bool = False                     # on_sample was called
 
 
 def _digest(*parts) -> str:
@@ -135,9 +136,9 @@ class _Run:
     """One call of ``run_curve``: the samples, the results file (or None), the counts shown by
     the progress bar, and what this call made."""
 
-    def __init__(self, net, eps, domain, options, results, on_row):
+    def __init__(self, net, eps, domain, options, results, on_row, on_sample):
         self.net, self.eps, self.domain, self.options = net, eps, domain, options
-        self.results, self.on_row = results, on_row
+        self.results, self.on_row, self.on_sample = results, on_row, on_sample
         self.model_sha = file_sha256(net.source)[:16]
         self.schedule = _Schedule(eps, self.task)
         self.counts: dict = {}
@@ -188,6 +189,10 @@ class _Run:
         self.made[row["method"] if row["method"] in ("implied", "clean") else "run"] += 1
         if self.on_row is not None:
             self.on_row(s.index, self.eps[k], row)
+        if all(p is not None for p in s.points) and not s.announced:
+            s.announced = True
+            if self.on_sample is not None:
+                self.on_sample(s.index, s.label, [p["status"] for p in s.points])
         self.prog.advance()
 
     def done(self, item, row: dict) -> None:
@@ -198,11 +203,12 @@ class _Run:
 
 def run_curve(net, xs, ys, eps, *, domain, options, jobs: int = 1, out=None,
               resume: bool = False, plot=None, progress: bool = False, on_row=None,
-              grace: float = 5.0, dataset_path=None) -> RobustnessCurve:
+              on_sample=None, grace: float = 5.0, dataset_path=None) -> RobustnessCurve:
     """Verify sample ``i`` = (``xs[i]``, label ``ys[i]``) of the loaded ``net`` (which has a
     ``source`` file) at every ``eps`` (sorted, distinct), and return the table.  The inputs are
     validated by the caller (``api.robustness_curve``).  ``on_row(index, eps, row)`` is called
-    for every row this call makes (not for rows resumed from ``out``)."""
+    for every row this call makes (not for rows resumed from ``out``), ``on_sample(index, label,
+    statuses)`` when this call answers a sample's last ε."""
     t0 = time.monotonic()
     inputs = [(net.source, "the model")] + ([(dataset_path, "the data set")]
                                             if dataset_path else [])
@@ -212,7 +218,7 @@ def run_curve(net, xs, ys, eps, *, domain, options, jobs: int = 1, out=None,
                for i, (x, y) in enumerate(zip(xs, ys))]
     results = None if not out else ResultsFile(out, CURVE_FIELDS, resume, key=CURVE_KEY,
                                                required=CURVE_FIELDS)
-    run = _Run(net, eps, domain, options, results, on_row)
+    run = _Run(net, eps, domain, options, results, on_row, on_sample)
     try:
         missing = [(s, run.resume(s)) for s in samples]
         known = sum(p is not None for s in samples for p in s.points)

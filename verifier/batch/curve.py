@@ -162,8 +162,10 @@ class _Run:
         missing = []
         for k in range(len(self.eps)):
             r = self.results.rows.get(self.key(s, k))
-            if r is not None and k in s.open:
-                r = {**r, "margin_lower": _float(r["margin_lower"]),
+            if r is not None and k in s.open:         # typed as this run's rows are
+                r = {**r, "index": s.index, "label": s.label, "eps": self.eps[k],
+                     "time_s": _float(r["time_s"]) or 0.0,
+                     "margin_lower": _float(r["margin_lower"]),
                      "margin_upper": _float(r["margin_upper"])}
                 for j, implied in self.schedule.record(s, k, r)[1:]:
                     if self.results.rows.get(self.key(s, j)) is None:
@@ -221,7 +223,8 @@ def run_curve(net, xs, ys, eps, *, domain, options, jobs: int = 1, out=None,
     run = _Run(net, eps, domain, options, results, on_row, on_sample)
     try:
         missing = [(s, run.resume(s)) for s in samples]
-        known = sum(p is not None for s in samples for p in s.points)
+        known = sum(p is not None for s in samples for p in s.points) - \
+            sum(len(rows) for _, rows in missing)          # those are written below
         run.prog = Progress(len(samples) * len(eps), known, run.counts, progress, unit="point")
         try:
             clean = []

@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from verifier import api
+from verifier.check import check_certificate
 from verifier.certificate import (Certificate, CertificateError, MinDistortionResult, _digest,
                                   describe_stats, read_certificate, vnncomp_result)
 from verifier.cli import main
@@ -172,12 +173,12 @@ def test_digest_catches_edits_but_not_reformatting(certs, tmp_path):
 
 
 def test_check_passes_on_genuine_certificates(certs):
-    r = api.check_certificate(certs["falsified"], MLP)
+    r = check_certificate(certs["falsified"], MLP)
     assert r.outcome == "passed" and "replayed" in r.headline
-    r = api.check_certificate(certs["verified"], MLP)
+    r = check_certificate(certs["verified"], MLP)
     assert r.outcome == "passed" and "confirmed by bounds" in r.headline
     net = ACAS / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx"
-    r = api.check_certificate(certs["vnnlib"], net)
+    r = check_certificate(certs["vnnlib"], net)
     assert r.outcome == "passed" and any("SHA-256 matches" in c for c in r.checked)
 
 
@@ -197,23 +198,23 @@ def test_check_fails_doctored_certificates(certs, tmp_path):
     for edit, needle in ((put_x0, "does not replay"), (shrink_eps, "does not replay"),
                          (claim_verified, "counterexample was found")):
         path = _doctor(certs["falsified"], tmp_path / "d.json", edit)
-        r = api.check_certificate(path, MLP)
+        r = check_certificate(path, MLP)
         assert r.outcome == "failed" and r.exit_code == 1 and needle in r.headline, r.headline
 
 
 def test_check_refuses_other_model_and_changed_property_file(certs, tmp_path):
     with pytest.raises(CertificateError, match="not the model of this certificate"):
-        api.check_certificate(certs["falsified"], ROOT / "models" / "digits_cnn.onnx")
+        check_certificate(certs["falsified"], ROOT / "models" / "digits_cnn.onnx")
     net = ACAS / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx"
     changed = tmp_path / "prop.vnnlib"
     changed.write_text(certs["vnnlib_file"].read_text().replace("(assert", "; edited\n(assert", 1))
     with pytest.raises(CertificateError, match="does not match"):
-        api.check_certificate(certs["vnnlib"], net, vnnlib=changed)
+        check_certificate(certs["vnnlib"], net, vnnlib=changed)
     moved = _doctor(certs["vnnlib"], tmp_path / "m.json",
                     lambda r: r["property"].update(path="gone.vnnlib", resolved="/gone.vnnlib"))
     with pytest.raises(CertificateError, match="not found"):
-        api.check_certificate(moved, net)
-    assert api.check_certificate(moved, net, vnnlib=certs["vnnlib_file"]).outcome == "passed"
+        check_certificate(moved, net)
+    assert check_certificate(moved, net, vnnlib=certs["vnnlib_file"]).outcome == "passed"
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,12 +305,12 @@ def test_distortion_certificate_check(tmp_path, capsys):
     code, out, _ = _cli(capsys, MLP, "--input", SAMPLE, "--label", 1, "--min-distortion",
                         "--certificate", cert)
     assert code == 0 and out.startswith("MIN DISTORTION")
-    assert api.check_certificate(cert, MLP).outcome == "passed"
+    assert check_certificate(cert, MLP).outcome == "passed"
     lower = json.loads(cert.read_text())["certificate"]["distortion_upper"]
     bad = _doctor(cert, tmp_path / "bad.json",       # a lower bound above a known unsafe input
                   lambda r: r["certificate"].update(distortion_lower=3 * lower))
-    r = api.check_certificate(bad, MLP)
+    r = check_certificate(bad, MLP)
     assert r.outcome == "failed" and "closer than the lower bound" in r.headline
     far = _doctor(cert, tmp_path / "far.json",       # an upper bound below the point's distance
                   lambda r: r["certificate"].update(distortion_upper=lower / 2))
-    assert api.check_certificate(far, MLP).outcome == "failed"
+    assert check_certificate(far, MLP).outcome == "failed"

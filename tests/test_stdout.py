@@ -36,6 +36,7 @@ def json_lines(stdout: str) -> list[dict]:
     (ONE + ["--min-distortion"], "found"),
     (ONE + ["--min-distortion", "--norm", "1", "--eps", "0.15"], "found"),
     ([MLP, "--eps", "0.01", "--dataset", DATASET], "verified"),
+    ([MLP, "--eps", "0.005", "0.01", "--dataset", DATASET, "--jobs", "2"], "verified"),  # curve
 ])
 def test_json_modes_print_only_json(args, status):
     r = verify(*args, "--json", "--timeout", 60)
@@ -44,7 +45,7 @@ def test_json_modes_print_only_json(args, status):
     if status is not None:
         assert objs[0]["status"] == status
     if "--dataset" in args:
-        assert len(objs) == 20
+        assert len(objs) == 20 * (args.index("--dataset") - args.index("--eps") - 1)
 
 
 def test_check_json_prints_only_json(tmp_path):

@@ -6,9 +6,12 @@
     cert.status, cert.margin_lower, cert.counterexample, cert.to_json()
     verifier.verify_vnnlib("model.onnx", "prop.vnnlib", timeout=60)
 """
-from .api import load, min_distortion, verify, verify_vnnlib
+from .api import load, min_distortion, robustness_curve, verify, verify_vnnlib
+from .batch import run_instances
 from .certificate import Certificate
+from .check import check_certificate
 from .config import Options
 
-__all__ = ["load", "verify", "verify_vnnlib", "min_distortion", "Certificate", "Options"]
+__all__ = ["load", "verify", "verify_vnnlib", "min_distortion", "check_certificate",
+           "robustness_curve", "run_instances", "Certificate", "Options"]
 __version__ = "0.1.0"

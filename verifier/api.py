@@ -1,5 +1,5 @@
-"""The public API: load a model, verify a property, find the minimal distortion, export the MILP,
-re-check a certificate.  The CLI calls only these functions.
+"""The public API: load a model, verify a property, find the minimal distortion, export the MILP.
+The CLI calls only these functions (and ``check.check_certificate``, which is built on them).
 
 What an answer guarantees (see ``Certificate``): ``verified`` comes only from sound bounds (the
 symbolic/LP bound propagation, or the MILP's dual bound minus its tolerance); ``falsified`` only from
@@ -9,7 +9,6 @@ Everything else is ``unknown`` (or ``timeout`` when the time ran out first).
 from __future__ import annotations
 
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ from .certificate import (Certificate, CertificateError, MinDistortionResult)
 from .config import Options, OptionsError, check_domain, check_eps
 from .graph import Graph
 from .onnx_loader import ModelError, load as _load_graph
-from .spec import Property, SpecError, robustness_property
+from .spec import (Property, SpecError, check_norm, distance, input_vector,
+                   robustness_property)
 from .vnnlib import VnnlibError, parse_vnnlib
 
 # errors that are the user's input, not our bug: the CLI prints them as one line, exit code 2
@@ -26,7 +26,6 @@ USER_ERRORS = (ModelError, OptionsError, SpecError, VnnlibError, CertificateErro
                FileNotFoundError, IsADirectoryError, PermissionError)
 
 DISTORTION_GAP = 1e-3      # relative gap target of min_distortion (asked of the solver: half)
-NORMS = ("inf", "1")
 
 
 def load(path) -> Graph:
@@ -57,24 +56,7 @@ def forward_check(net: Graph, samples: int = 3, seed: int = 0) -> str:
 # properties
 # --------------------------------------------------------------------------------------------
 def _input_vector(net: Graph, x, domain) -> np.ndarray:
-    """``x`` as a flat float64 vector of the model's input size, finite, inside ``domain``."""
-    x = np.asarray(x)
-    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer)
-                               or np.issubdtype(x.dtype, np.floating)):
-        raise SpecError(f"input must be a real-valued numeric array, not {x.dtype}")
-    x = x.astype(np.float64)
-    if x.size != net.n_inputs:
-        raise SpecError(f"input has {x.size} values but the model expects {net.n_inputs} "
-                        f"(shape {list(net.input_shape)})")
-    if not np.all(np.isfinite(x)):
-        raise SpecError("input contains NaN or infinite values")
-    lo, hi = domain
-    tol = 1e-6 * max(1.0, hi - lo)
-    if x.min() < lo - tol or x.max() > hi + tol:
-        raise SpecError(f"input values lie in [{x.min():g}, {x.max():g}], outside the domain "
-                        f"[{lo:g}, {hi:g}]; give the model's input range as the domain "
-                        f"(--domain LO HI) or rescale the input")
-    return x.reshape(-1)
+    return input_vector(x, net.n_inputs, domain, net.input_shape)
 
 
 def robustness(model, x, label: int, eps: float, *, domain=(0.0, 1.0),
@@ -119,10 +101,7 @@ def verify_vnnlib(model, vnnlib, *, timeout: float | None = None, method: str | 
 
 
 def _options(options, timeout, method, arithmetic=None) -> Options:
-    options = options or Options()
-    changes = {k: v for k, v in (("timeout", timeout), ("method", method),
-                                 ("arithmetic", arithmetic)) if v is not None}
-    return Options(**{**options.__dict__, **changes}) if changes else options
+    return (options or Options()).override(timeout=timeout, method=method, arithmetic=arithmetic)
 
 
 def verify_property(net: Graph, prop: Property, options: Options, progress=None) -> Certificate:
@@ -136,6 +115,49 @@ def verify_property(net: Graph, prop: Property, options: Options, progress=None)
     # multi-threaded BLAS made them up to 100x slower (measured on 2 cores with other jobs)
     with threadpool_limits(limits=options.threads):
         return run(net, prop, options, progress)
+
+
+def robustness_curve(model, xs, ys, eps, *, domain=(0.0, 1.0), timeout: float | None = None,
+                     method: str | None = None, options: Options | None = None, jobs: int = 1,
+                     out=None, resume: bool = False, plot=None, progress: bool = False,
+                     on_row=None, on_sample=None, dataset_path=None):
+    """Verify every sample ``xs[i]`` (any shape holding the model's input size, inside
+    ``domain``) with label ``ys[i]`` at every L∞ radius in ``eps``, and return the table
+    (``batch.curve_table.RobustnessCurve``): per ε the verified / falsified / undecided counts,
+    certified robust accuracy (verified: a lower bound), empirical robust accuracy (not falsified:
+    an upper bound), and the clean accuracy.
+
+    Each answer is a ``verify`` answer with the same guarantees; answers implied by nested boxes
+    (verified at ε: also at smaller ε; falsified at ε: also at larger) are not run again.  The
+    samples run in ``jobs`` warm worker processes, each property with a hard limit of its timeout
+    + 5 s.  ``out``: a results CSV, one row per (sample, ε), continued by ``resume``; ``plot``: an
+    image of the curves (matplotlib); ``progress``: a bar on stderr; ``on_row(index, eps, row)``
+    for every answer as it comes, ``on_sample(index, label, statuses)`` once a sample has all;
+    ``dataset_path``: where ``xs``/``ys`` came from (for the title, and never overwritten).  ``model`` is a path or a graph loaded from a file (the workers load
+    it again)."""
+    from .batch.checks import check_run_options
+    from .batch.curve import run_curve
+    options = _options(options, timeout, method)
+    check_run_options(options.method, options.timeout, jobs)
+    net = _graph(model)
+    if getattr(net, "source", None) is None:
+        raise OptionsError("robustness_curve runs in worker processes that load the model from "
+                           "its file: pass the model's path (or a graph from verifier.load)")
+    domain = check_domain(domain)
+    eps = sorted({check_eps(e) for e in np.atleast_1d(np.asarray(eps, dtype=object))})
+    if not eps:
+        raise OptionsError("eps: give at least one radius")
+    if len(xs) != len(ys):
+        raise SpecError(f"the data set has {len(xs)} samples but {len(ys)} labels")
+    if len(xs) == 0:
+        raise SpecError("the data set has no samples")
+    flat = [input_vector(x, net.n_inputs, domain, net.input_shape) for x in xs]
+    labels = [int(y) if float(y) == int(y) else y for y in ys]
+    for x, y in zip(flat, labels):          # every label checked before any work
+        robustness_property(x, y, 0.0, domain, n_outputs=net.n_outputs)
+    return run_curve(net, flat, labels, eps, domain=domain, options=options, jobs=jobs, out=out,
+                     resume=resume, plot=plot, progress=progress, on_row=on_row,
+                     on_sample=on_sample, dataset_path=dataset_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,27 +207,7 @@ def export_milp(model, prop: Property, path) -> dict:
 # --------------------------------------------------------------------------------------------
 # minimal distortion
 # --------------------------------------------------------------------------------------------
-def check_norm(norm) -> str:
-    n = str(norm).lower().lstrip("l")
-    if n in ("inf", "infinity", "∞"):
-        return "inf"
-    if n == "1":
-        return "1"
-    if n == "2":
-        raise OptionsError("the L2 minimal distortion needs a mixed-integer quadratic program, "
-                           "which HiGHS does not solve; use norm inf or 1 (--norm inf, --norm 1)")
-    raise OptionsError(f"norm must be inf or 1, got {norm!r}")
-
-
-def distance(a, b, norm: str) -> float:
-    """The exact ``norm`` distance of two float vectors, rounded up to a float (never below)."""
-    d = [abs(Fraction(float(u)) - Fraction(float(v))) for u, v in zip(np.ravel(a), np.ravel(b))]
-    exact = max(d, default=Fraction(0)) if norm == "inf" else sum(d, Fraction(0))
-    f = float(exact)
-    return f if Fraction(f) >= exact else float(np.nextafter(f, np.inf))
-
-
-def min_distortion(model, x, label: int, *, norm: str = "inf", timeout: float = 60,
+def min_distortion(model, x, label: int, *, norm: str = "inf", timeout: float | None = None,
                    max_eps: float | None = None, domain=(0.0, 1.0),
                    target: int | None = None) -> MinDistortionResult:
     """The smallest L∞ (``norm="inf"``) or L1 (``"1"``) distance from ``x`` to an input inside
@@ -222,7 +224,7 @@ def min_distortion(model, x, label: int, *, norm: str = "inf", timeout: float = 
     from . import distortion
     t0 = time.perf_counter()
     norm = check_norm(norm)
-    Options(timeout=timeout)                      # validates the timeout
+    timeout = Options().override(timeout=timeout).timeout      # validated; None: the default
     net = _graph(model)
     domain = check_domain(domain)
     x = _input_vector(net, x, domain)
@@ -296,9 +298,3 @@ def _replay_distortion(net, x0, label, target, domain, norm, x_adv):
             return rep, ""
         why = rep.reason
     return None, f"onnxruntime replay failed: {why}"
-
-
-def check_certificate(cert_path, model_path, **kw):
-    """Re-check a saved certificate against ``model_path`` (see ``verifier.check``)."""
-    from .check import check_certificate as _check
-    return _check(cert_path, model_path, **kw)

@@ -26,7 +26,7 @@ re-check it later (``verify --check FILE.json MODEL.onnx``)::
 
 The ``digest`` detects edits and truncation; it is not a signature (anyone can recompute it).
 What makes a certificate trustworthy is the re-check, which replays counterexamples and recomputes
-bounds (see ``verifier.api.check_certificate``).
+bounds (see ``verifier.check.check_certificate``).
 """
 from __future__ import annotations
 

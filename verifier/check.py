@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import (_input_vector, check_norm, distance,
-                  load, read_vnnlib, robustness, verify_property)
-from .config import check_domain
+from .api import load, read_vnnlib, robustness, verify_property
+from .certificate import CertificateError, file_sha256, read_certificate
+from .config import Options, check_domain
 from .onnx_loader import ModelError
-from .certificate import (CertificateError, file_sha256,
-                          read_certificate)
-from .config import Options
-from .spec import robustness_property
+from .spec import check_norm, distance, input_vector, robustness_property
 
 
 @dataclass
@@ -154,8 +151,7 @@ def _check_verified(net, prop, cert, checked, method, timeout, arithmetic) -> Ch
     checked.append(f"bounds (CROWN, optimised slopes) recomputed: margin >= {low:.6g}, not enough "
                    f"alone")
     if method is not None:
-        options = Options(method=method, timeout=60.0 if timeout is None else timeout,
-                          arithmetic=arithmetic)
+        options = Options().override(method=method, timeout=timeout, arithmetic=arithmetic)
         again = verify_property(net, prop, options)
         checked.append(f"re-run with --method {method}: {again.summary_line()}")
         if again.status == "verified":
@@ -193,7 +189,7 @@ def _check_distortion(net, model_path, p, cert, checked) -> CheckResult:
     from .replay import replay
     norm, status = check_norm(p["norm"]), cert["status"]
     domain = check_domain(p["domain"])
-    x = _input_vector(net, p["x"], domain)
+    x = input_vector(p["x"], net.n_inputs, domain, net.input_shape)
     label, target = p["label"], p.get("target")
     not_checked = ["the lower bound's proof (bisection / MILP)"]
     if status == "found":

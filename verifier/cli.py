@@ -9,6 +9,7 @@ does not match the model or was modified).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import api
+from .check import check_certificate
 from .certificate import Certificate, certificate_record, file_entry, vnncomp_result, \
     write_certificate
 
@@ -37,21 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
                 "(ONNX) by mixed-integer programming.")
     p.add_argument("model", nargs="?", help="the network, .onnx or .onnx.gz")
     what = p.add_argument_group("property")
-    what.add_argument("--eps", type=float, help="L-infinity radius around --input / --dataset "
-                      "(with --min-distortion: the largest distance searched)")
+    what.add_argument("--eps", type=float, nargs="+", metavar="EPS",
+                      help="L-infinity radius around --input / --dataset; with --dataset several "
+                      "radii give a robustness curve (with --min-distortion: the largest "
+                      "distance searched)")
     what.add_argument("--input", help="one input, .npy (any shape holding the model's input size)")
     what.add_argument("--label", type=int, help="the input's true class")
     what.add_argument("--target", type=int, help="only check this other class")
     what.add_argument("--vnnlib", help="a VNN-LIB v1 property file instead of --eps/--input/--label")
-    what.add_argument("--dataset", help=".npz with arrays x (N, ...) and y (N,): verify every sample")
+    what.add_argument("--dataset", help=".npz with arrays x (N, ...) and y (N,): verify every "
+                      "sample (at every --eps)")
     what.add_argument("--domain", nargs=2, type=float, metavar=("LO", "HI"), default=(0.0, 1.0),
                       help="valid input range (default 0 1)")
     how = p.add_argument_group("how")
     how.add_argument("--method", default=None, help="auto|bounds|lp|milp|attack (default auto)")
-    how.add_argument("--arithmetic", default="float32", choices=["float32", "real"],
+    how.add_argument("--arithmetic", default=None, choices=["float32", "real"],
                      help="what VERIFIED covers: float32 = the model as onnxruntime runs it "
                           "(default), real = real arithmetic")
-    how.add_argument("--timeout", type=float, help="seconds per property (default 60; with "
+    how.add_argument("--timeout", type=float, help=f"seconds per property (default "
+                     f"{api.Options().timeout:g}; with "
                      "--instances the file's timeouts)")
     how.add_argument("--min-distortion", action="store_true",
                      help="find the smallest distortion that changes the label of --input")
@@ -63,13 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--export", help="write the MILP (.mps or .lp) of the first case bounds do "
                      "not decide, then verify as usual")
     out.add_argument("--check", metavar="CERT", help="re-check certificate file CERT against MODEL")
-    batch = p.add_argument_group("batch runs")
+    batch = p.add_argument_group("batch runs (--instances, --dataset)")
     batch.add_argument("--instances", help="VNN-COMP instances CSV (onnx,vnnlib,timeout): run all")
-    batch.add_argument("--jobs", type=int, help="local worker processes (default: all cores)")
-    batch.add_argument("--out", help="results CSV (default results.csv)")
+    batch.add_argument("--jobs", type=int, help="worker processes (default: all cores with "
+                       "--instances, 1 with --dataset)")
+    batch.add_argument("--out", help="results CSV (default results.csv with --instances, none "
+                       "with --dataset)")
     batch.add_argument("--resume", action="store_true",
-                       help="continue --out, skipping finished instances")
-    batch.add_argument("--plot", help="also write a cactus plot (.png/.svg/.pdf)")
+                       help="continue --out, skipping what is done")
+    batch.add_argument("--plot", help="also write a plot (.png/.svg/.pdf): a cactus plot, or "
+                       "the robustness curve")
     batch.add_argument("--scheduler", help="tcp://HOST:PORT of a Dask scheduler: run there")
     return p
 
@@ -82,8 +91,8 @@ def main(argv=None) -> int:
         _error(str(e))
     except _user_errors() as e:
         _error(_first_line(e))
-    except KeyboardInterrupt:
-        print("verify: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("verify: interrupted" + (f" ({e.args[0]})" if e.args else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:         # stdout closed early (verify ... | head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -112,9 +121,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _user_errors() -> tuple:
-    from .bench import BenchError
-    from .bench_worker import WorkerError
-    return api.USER_ERRORS + (BenchError, WorkerError)
+    from .batch.errors import BatchError, WorkerError
+    return api.USER_ERRORS + (BatchError, WorkerError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,13 +133,19 @@ def _given(args, *names) -> list[str]:
 
 
 def _run(args) -> int:
+    args.eps_all = args.eps             # several only for --dataset; elsewhere args.eps is one
+    if args.eps is not None:
+        if len(args.eps) > 1 and not args.dataset:
+            raise UsageError("several --eps values need --dataset (a robustness curve)")
+        args.eps = args.eps[0]
     if args.check:
         return _check(args)
     if args.instances:
         return _instances(args)
     batch = _given(args, "jobs", "out", "resume", "plot", "scheduler")
-    if batch:
-        raise UsageError(f"{batch[0]} applies only to --instances")
+    if batch and (not args.dataset or batch[0] == "--scheduler"):
+        raise UsageError(f"{batch[0]} applies only to --instances"
+                         + ("" if batch[0] == "--scheduler" else " or --dataset"))
     if args.model is None:
         raise UsageError("the model file is required (verify MODEL.onnx [options])")
     modes = [m for m in ("vnnlib", "dataset", "input") if getattr(args, m)]
@@ -146,7 +160,7 @@ def _run(args) -> int:
         print(api.forward_check(net))
         return 0
     if modes == ["dataset"]:
-        return _dataset(api.load(args.model), args, _options(args))
+        return _dataset(args, _options(args))
     return _single(args, modes[0], _options(args))
 
 
@@ -196,9 +210,8 @@ def _single(args, mode: str, options) -> int:
 
 
 def _options(args) -> api.Options:
-    return api.Options(method=args.method or "auto",
-                       timeout=60.0 if args.timeout is None else args.timeout,
-                       arithmetic=args.arithmetic)
+    return api.Options().override(method=args.method, timeout=args.timeout,
+                                  arithmetic=args.arithmetic)
 
 
 def _need_file(path, what: str) -> Path:
@@ -237,14 +250,25 @@ def _instances(args) -> int:
                    "label", "target")
     if extra:
         raise UsageError(f"{extra[0]} does not apply to --instances")
-    from . import bench
-    s = bench.run_instances(args.instances, jobs=args.jobs, out=args.out or "results.csv",
-                            resume=args.resume,
-                            plot=args.plot, scheduler=args.scheduler,
-                            method=args.method or "auto", timeout=args.timeout,
-                            progress=sys.stderr.isatty(), json_lines=args.json)
+    from .batch import run_instances
+    out = args.out or "results.csv"
+    with _resumable(out):
+        s = run_instances(args.instances, jobs=args.jobs, out=out, resume=args.resume,
+                          plot=args.plot, scheduler=args.scheduler,
+                          method=args.method or "auto", timeout=args.timeout,
+                          progress=sys.stderr.isatty(), json_lines=args.json)
     print(s.table(), file=sys.stderr if args.json else sys.stdout)
     return 1 if s.wrong else 0
+
+
+@contextlib.contextmanager
+def _resumable(out):
+    """Ctrl-C during a batch run says where the finished rows are and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the finished rows are saved in {out}; run the same command "
+                                f"with --resume to continue") from None
 
 
 def _progress():
@@ -333,12 +357,11 @@ def _distortion(args, modes) -> int:
         raise UsageError(f"{extra[0]} does not apply to --min-distortion")
     norm = api.check_norm(args.norm)
     _check_output_paths(args)
-    if args.timeout is not None:
-        api.Options(timeout=args.timeout)
+    timeout = api.Options().override(timeout=args.timeout).timeout
     x = _read_npy(args.input)
     net = api.load(args.model)
     r = api.min_distortion(net, x, args.label, norm=norm,
-                           timeout=60.0 if args.timeout is None else args.timeout,
+                           timeout=timeout,
                            max_eps=args.eps, domain=args.domain, target=args.target)
     if args.certificate:
         prop = {"kind": "min_distortion", "x": x.reshape(-1), "label": args.label, "norm": norm,
@@ -346,7 +369,7 @@ def _distortion(args, modes) -> int:
                 "input": file_entry(args.input)}
         write_certificate(args.certificate, certificate_record(
             r, model_path=args.model, prop=prop,
-            options={"timeout": 60.0 if args.timeout is None else args.timeout}))
+            options={"timeout": timeout}))
     if args.json:
         print(r.to_json())
     else:
@@ -363,10 +386,9 @@ def _check(args) -> int:
                    "certificate", "results_file", "export", "min_distortion")
     if extra:
         raise UsageError(f"{extra[0]} does not apply to --check")
-    if args.method is not None:
-        api.Options(method=args.method, timeout=60.0 if args.timeout is None else args.timeout)
-    res = api.check_certificate(args.check, args.model, vnnlib=args.vnnlib, method=args.method,
-                                timeout=args.timeout)
+    api.Options().override(method=args.method, timeout=args.timeout)     # validated before work
+    res = check_certificate(args.check, args.model, vnnlib=args.vnnlib, method=args.method,
+                            timeout=args.timeout)
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
@@ -424,26 +446,70 @@ def _read_dataset(path, net) -> tuple[np.ndarray, np.ndarray]:
     return xs.reshape(len(xs), -1), yi
 
 
-def _dataset(net, args, options) -> int:
+def _dataset(args, options) -> int:
+    """Every sample at every --eps: a line per sample (per row with --json), then the table."""
     if args.target is not None:
         raise UsageError("--target does not apply to --dataset")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out, the results CSV to continue")
+    net = api.load(args.model)
     xs, ys = _read_dataset(args.dataset, net)
-    props = [api.robustness(net, x, int(y), args.eps, domain=args.domain)   # all checked first
-             for x, y in zip(xs, ys)]
-    counts = {s: 0 for s in ("verified", "falsified", "unknown", "timeout")}
-    if not args.json:
-        print(f"{'#':>4}  {'label':>5}  answer")
-    for i, (prop, y) in enumerate(zip(props, ys)):
-        cert = api.verify_property(net, prop, options, _progress())
-        counts[cert.status] += 1
-        print(json.dumps({"index": i, **cert.to_dict()}) if args.json
-              else f"{i:>4}  {int(y):>5}  {cert.summary_line()}", flush=True)
-    if not args.json:
-        n = len(xs)
-        print(f"verified {counts['verified']}, falsified {counts['falsified']}, "
-              f"unknown {counts['unknown'] + counts['timeout']} of {n}; certified robust accuracy "
-              f"{counts['verified'] / max(n, 1):.1%}")
+    eps = sorted(set(args.eps_all))
+    show = _SampleLines(eps, args.json)
+    with _resumable(args.out) if args.out else contextlib.nullcontext():
+        curve = api.robustness_curve(net, xs, ys, eps, domain=args.domain, options=options,
+                                     jobs=1 if args.jobs is None else args.jobs,
+                                     out=args.out, resume=args.resume, plot=args.plot,
+                                     progress=sys.stderr.isatty(), on_row=show.row,
+                                     on_sample=show.sample, dataset_path=args.dataset)
+    if len(eps) > 1:
+        print(curve.table(), file=sys.stderr if args.json else sys.stdout)
+    elif not args.json:
+        c = curve.count(0)
+        undecided = c["unknown"] + c["timeout"] + c["error"] + c["missing"]
+        print(f"verified {c['verified']}, falsified {c['falsified']}, unknown {undecided} of "
+              f"{curve.n}; certified robust accuracy {curve.certified(0):.1%}")
     return 0
+
+
+class _SampleLines:
+    """What ``--dataset`` prints as answers come: with one ε a line per sample (the answer), with
+    several a line per sample once all its ε are answered (V verified, F falsified, ? unknown,
+    T timeout, E error); with --json one object per answer."""
+    MARKS = {"verified": "V", "falsified": "F", "unknown": "?", "timeout": "T", "error": "E"}
+
+    def __init__(self, eps, json_lines: bool):
+        from .batch.progress import echo
+        self.eps, self.json, self.echo = eps, json_lines, echo
+        self.header = not json_lines
+
+    def _line(self, text: str) -> None:
+        if self.header:                 # with the first answer: every option was accepted
+            cols = "answer" if len(self.eps) == 1 else "  ".join(f"{e:>6g}" for e in self.eps)
+            self.echo(f"{'#':>4}  {'label':>5}  {cols}")
+            self.header = False
+        self.echo(text)
+
+    def row(self, index: int, eps: float, row: dict) -> None:
+        from .batch.results import json_line
+        if self.json:
+            keys = {"index": index} if len(self.eps) == 1 else {"index": index, "eps": eps}
+            self.echo(json_line(row, keys))
+        elif len(self.eps) == 1:
+            self._line(f"{index:>4}  {row['label']:>5}  {_answer_line(row)}")
+
+    def sample(self, index: int, label: int, statuses: list) -> None:
+        if not self.json and len(self.eps) > 1:
+            marks = "  ".join(f"{self.MARKS[s]:>6}" for s in statuses)
+            self._line(f"{index:>4}  {label:>5}  {marks}")
+
+
+def _answer_line(row: dict) -> str:
+    if row["status"] == "error":
+        return f"ERROR  {row.get('note') or ''}"
+    cert = row.get("cert") or {}
+    return Certificate(**{k: cert[k] for k in Certificate.__dataclass_fields__ if k in cert}
+                       ).summary_line()
 
 
 if __name__ == "__main__":

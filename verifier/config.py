@@ -1,6 +1,7 @@
 """Options of a verification run: one frozen dataclass, validated once when it is made."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ class Options:
               float64 arithmetic too); ``real`` real arithmetic (and float64) only.
     """
     method: str = "auto"
-    timeout: float = 60.0
+    timeout: float = 60.0     # the one default timeout of the API and the CLI
     threads: int = 1
     attack_share: float = 0.1
     seed: int = 0
@@ -46,6 +47,12 @@ class Options:
                                f"{', '.join(ARITHMETICS)}")
         if not 0.0 <= self.attack_share < 1.0:
             raise OptionsError(f"attack_share must lie in [0, 1), got {self.attack_share!r}")
+
+    def override(self, **changes) -> "Options":
+        """These options with the given fields changed; a field given as None keeps its value
+        (so optional arguments and unset command-line flags pass straight through)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 def check_eps(eps) -> float:

@@ -14,10 +14,14 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["SpecError", "Box", "Conjunction", "Case", "Property", "robustness_property"]
+from .config import OptionsError
+
+__all__ = ["SpecError", "Box", "Conjunction", "Case", "Property", "robustness_property",
+           "input_vector", "check_norm", "distance"]
 
 
 class SpecError(ValueError):
@@ -266,3 +270,49 @@ def robustness_property(x, label: int, eps: float, domain=(0.0, 1.0), *,
         row[0, label], row[0, j] = 1.0, -1.0
         unsafe.append(Conjunction(row, np.zeros(1)))
     return Property((Case(box, tuple(unsafe)),), n_inputs=x.size, n_outputs=n_outputs)
+
+
+# --------------------------------------------------------------------------------------------
+# inputs and distances: shared by the API (building properties) and --check (rebuilding them)
+# --------------------------------------------------------------------------------------------
+def input_vector(x, n_inputs: int, domain, shape=None) -> np.ndarray:
+    """``x`` as a flat float64 vector of ``n_inputs`` values, finite, inside ``domain``
+    (``shape``: the model's input shape, only for the message)."""
+    x = np.asarray(x)
+    if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer)
+                               or np.issubdtype(x.dtype, np.floating)):
+        raise SpecError(f"input must be a real-valued numeric array, not {x.dtype}")
+    x = x.astype(np.float64)
+    if x.size != n_inputs:
+        where = "" if shape is None else f" (shape {list(shape)})"
+        raise SpecError(f"input has {x.size} values but the model expects {n_inputs}{where}")
+    if not np.all(np.isfinite(x)):
+        raise SpecError("input contains NaN or infinite values")
+    lo, hi = domain
+    tol = 1e-6 * max(1.0, hi - lo)
+    if x.min() < lo - tol or x.max() > hi + tol:
+        raise SpecError(f"input values lie in [{x.min():g}, {x.max():g}], outside the domain "
+                        f"[{lo:g}, {hi:g}]; give the model's input range as the domain "
+                        f"(--domain LO HI) or rescale the input")
+    return x.reshape(-1)
+
+
+def check_norm(norm) -> str:
+    """The distortion norm as ``"inf"`` or ``"1"``; L2 is refused (HiGHS has no MIQP)."""
+    n = str(norm).lower().lstrip("l")
+    if n in ("inf", "infinity", "∞"):
+        return "inf"
+    if n == "1":
+        return "1"
+    if n == "2":
+        raise OptionsError("the L2 minimal distortion needs a mixed-integer quadratic program, "
+                           "which HiGHS does not solve; use norm inf or 1 (--norm inf, --norm 1)")
+    raise OptionsError(f"norm must be inf or 1, got {norm!r}")
+
+
+def distance(a, b, norm: str) -> float:
+    """The exact ``norm`` distance of two float vectors, rounded up to a float (never below)."""
+    d = [abs(Fraction(float(u)) - Fraction(float(v))) for u, v in zip(np.ravel(a), np.ravel(b))]
+    exact = max(d, default=Fraction(0)) if norm == "inf" else sum(d, Fraction(0))
+    f = float(exact)
+    return f if Fraction(f) >= exact else float(np.nextafter(f, np.inf))

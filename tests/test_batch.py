@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from verifier import bench
-from verifier.bench import BenchError, Summary, judge, read_instances, run_instances
+from verifier.batch import BatchError, Summary, judge, read_instances, run_instances
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = f"{Path(__file__).resolve()}:fake_verify"
@@ -159,9 +158,9 @@ def test_instances_file_parsing(tmp_path):
     for bad, msg in [("a.onnx,p.vnnlib\n", "fields"), ("a.onnx,p.vnnlib,soon\n", "not a number"),
                      ("a.onnx,p.vnnlib,0\n", "> 0"), ("", "no instances")]:
         f.write_text(bad)
-        with pytest.raises(BenchError, match=msg):
+        with pytest.raises(BatchError, match=msg):
             read_instances(f)
-    with pytest.raises(BenchError, match="not found"):
+    with pytest.raises(BatchError, match="not found"):
         read_instances(tmp_path / "nope.csv")
 
 
@@ -169,11 +168,11 @@ def test_existing_results_need_resume(tmp_path):
     csv_path = make_suite(tmp_path / "s", suite=SUITE[:1])
     out = tmp_path / "r.csv"
     out.write_text("something,else\n1,2\n")
-    with pytest.raises(BenchError, match="--resume"):
+    with pytest.raises(BatchError, match="--resume"):
         run_instances(csv_path, out=out, runner=FAKE, progress=False)
-    with pytest.raises(BenchError, match="not a results file"):
+    with pytest.raises(BatchError, match="not a results file"):
         run_instances(csv_path, out=out, runner=FAKE, progress=False, resume=True)
-    with pytest.raises(BenchError, match="method"):
+    with pytest.raises(BatchError, match="method"):
         run_instances(csv_path, out=tmp_path / "x.csv", method="magic", progress=False)
 
 
@@ -184,10 +183,10 @@ def test_kill_and_resume(tmp_path):
     csv_path = make_suite(tmp_path / "suite")
     out = tmp_path / "results.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "verifier.bench", str(csv_path), "--jobs", "2",
-                             "--out", str(out), "--runner", FAKE, "--no-progress"],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    code = (f"from verifier.batch import run_instances; run_instances({str(csv_path)!r}, "
+            f"jobs=2, out={str(out)!r}, runner={FAKE!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t_end = time.monotonic() + 30
     while time.monotonic() < t_end:
         if out.exists() and out.read_text().count("\n") >= 3:     # header + 2 rows
@@ -276,7 +275,7 @@ def test_json_lines_and_plot(tmp_path, capsys):
                for o in objs)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # overlay of two runs with labels
-    from verifier.bench_plot import plot_cactus, solved_times
+    from verifier.batch.plots import plot_cactus, solved_times
     times, total = solved_times(out)
     assert total == 3 and len(times) == 2 and times == sorted(times)
     plot_cactus([out, out], tmp_path / "two.png", labels=["a", "b"])
@@ -340,19 +339,132 @@ def test_real_pipeline_mnist_fc(tmp_path):
 
 def test_graph_cache_in_worker(tmp_path, monkeypatch):
     """The default runner loads each model once per worker process (same path, same file)."""
-    from verifier import api, bench_worker
+    from verifier import api
+    from verifier.batch import runners
     from verifier.certificate import Certificate
     loads = []
     monkeypatch.setattr(api, "load", lambda p: loads.append(p) or object())
     monkeypatch.setattr(api, "verify_vnnlib", lambda net, v, options: Certificate(
         "unknown", method=f"{id(net)}:{options.timeout > 0}"))
-    monkeypatch.setattr(bench_worker, "_GRAPHS", type(bench_worker._GRAPHS)())
+    monkeypatch.setattr(runners, "_GRAPHS", type(runners._GRAPHS)())
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     a.write_bytes(b"1")
     b.write_bytes(b"2")
-    m = [bench_worker.verify_instance(str(p), "x.vnnlib", timeout=5.0).method
+    m = [runners.verify_instance(str(p), "x.vnnlib", timeout=5.0).method
          for p in (a, a, b, a)]
     assert loads == [str(a), str(b)] and m[0] == m[1] == m[3] != m[2]
     os.utime(a, ns=(0, 0))                      # a changed file is loaded again
-    bench_worker.verify_instance(str(a), "x.vnnlib", timeout=5.0)
+    runners.verify_instance(str(a), "x.vnnlib", timeout=5.0)
     assert loads == [str(a), str(b), str(a)]
+
+
+# ------------------------------------------------------------------------------------------------
+# bad and hostile input (issue 13 item 6): one line, exit 2, nothing run, no input overwritten
+# ------------------------------------------------------------------------------------------------
+def cli(capsys, *args):
+    from verifier.cli import main
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_huge_timeouts_do_not_overflow_the_waits(tmp_path):
+    """select/poll take int milliseconds: a wait of more than 2.1e6 s used to raise
+    OverflowError; the loop and the Dask path's Worker.run both wait in pieces."""
+    csv_path = make_suite(tmp_path / "s", suite=SUITE[:2], timeout=3e6)
+    s = run_instances(csv_path, jobs=1, out=tmp_path / "r.csv", runner=FAKE, progress=False)
+    assert s.counts["verified"] == 1 and s.counts["falsified"] == 1
+    from verifier.batch.worker import Worker
+    w = Worker(FAKE)
+    try:
+        inst = read_instances(csv_path)[0]
+        assert w.run(inst.task("auto", 1e9), grace=5.0)["status"] == "verified"
+    finally:
+        w.kill()
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda f: f.write_bytes(b"onnx/a.onnx,vnnlib/\xff\xfe.vnnlib,10\n"), "not UTF-8"),
+    (lambda f: f.write_text("onnx/a.onnx," + "v" * 140_000 + ",10\n"), "line 1"),
+    (lambda f: f.write_bytes(b"onnx/a.onnx,vnn\x00lib,10\n"), "line 1"),
+])
+def test_unreadable_instances_csv_is_bad_input(capsys, tmp_path, make, needle):
+    f = tmp_path / "instances.csv"
+    make(f)
+    code, out, err = cli(capsys, "--instances", f, "--out", tmp_path / "r.csv")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert needle in err and "internal error" not in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_non_utf8_expected_csv_is_bad_input(tmp_path):
+    csv_path = make_suite(tmp_path / "s", suite=SUITE[:1])
+    (tmp_path / "s" / "expected.csv").write_bytes(b"onnx,vnnlib,expected\n\xc3\x28,b,sat\n")
+    with pytest.raises(BatchError, match="expected.csv: not UTF-8"):
+        read_instances(csv_path)
+
+
+@pytest.mark.parametrize("flag, name, needle", [
+    ("--plot", "cactus.txt", ".png"),            # a suffix matplotlib does not write
+    ("--plot", "nowhere/cactus.png", "does not exist"),
+    ("--plot", "r.csv", "results file"),         # the plot would overwrite the results
+    ("--out", "instances.csv", "instances file"),
+    ("--out", "onnx/net0.onnx", "a file of the instances"),
+    ("--plot", "vnnlib/p0.vnnlib", "a file of the instances"),
+])
+def test_bad_outputs_fail_before_any_work(capsys, tmp_path, flag, name, needle):
+    pytest.importorskip("matplotlib")
+    csv_path = make_suite(tmp_path / "s", suite=SUITE[:1])
+    folder = csv_path.parent
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    args = {"--out": folder / "r.csv", flag: folder / name}
+    code, out, err = cli(capsys, "--instances", csv_path, *[a for kv in args.items() for a in kv])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert needle in err
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before                      # nothing written, every input intact
+
+
+def test_second_run_on_a_locked_results_file_is_refused(tmp_path):
+    import fcntl
+    csv_path = make_suite(tmp_path / "s", suite=SUITE[:2])
+    out = tmp_path / "r.csv"
+    run_instances(csv_path, jobs=1, out=out, runner=FAKE, progress=False)
+    before = out.read_bytes()
+    with open(out, "a") as held:                 # another run has the file open
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BatchError, match="in use by another run"):
+            run_instances(csv_path, jobs=1, out=out, resume=True, runner=FAKE, progress=False)
+    assert out.read_bytes() == before
+    s = run_instances(csv_path, jobs=1, out=out, resume=True, runner=FAKE, progress=False)
+    assert s.resumed == 2 and out.read_bytes() == before     # released: resume works again
+
+
+def test_concurrent_resume_runs_write_each_row_once(tmp_path):
+    """Two runs started on one results file: the second is refused while the first holds it."""
+    suite = [("c0", "verified", 2.0, None), ("c1", "falsified", 2.0, None)]
+    csv_path = make_suite(tmp_path / "s", suite=suite)
+    out = tmp_path / "r.csv"
+    code = (f"from verifier.batch import run_instances; run_instances({str(csv_path)!r}, "
+            f"jobs=1, out={str(out)!r}, runner={FAKE!r}, progress=False, resume=True)")
+    first = subprocess.Popen([sys.executable, "-c", code], env={**os.environ,
+                             "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
+    t_end = time.monotonic() + 30
+    while not (out.exists() and out.stat().st_size) and time.monotonic() < t_end:
+        time.sleep(0.05)                         # the header is written once it holds the lock
+    with pytest.raises(BatchError, match="in use"):
+        run_instances(csv_path, jobs=1, out=out, resume=True, runner=FAKE, progress=False)
+    assert first.wait(60) == 0, first.stderr.read().decode()
+    first.stderr.close()
+    assert sorted(r["vnnlib"] for r in read_rows(out)) == ["vnnlib/c0.vnnlib", "vnnlib/c1.vnnlib"]
+
+
+def test_interrupt_says_resume_continues(capsys, monkeypatch, tmp_path):
+    import verifier.batch
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(verifier.batch, "run_instances", interrupted)
+    code, out, err = cli(capsys, "--instances", tmp_path / "i.csv", "--out", tmp_path / "r.csv")
+    assert code == 130 and out == ""
+    assert "interrupted" in err and "--resume" in err and str(tmp_path / "r.csv") in err

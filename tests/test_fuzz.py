@@ -127,7 +127,7 @@ def _run(capsys, args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     assert "internal error" not in err and "Traceback" not in err, (args, err)
-    assert code in (0, 1, 2, 3), (args, code, err)
+    assert code in (0, 1, 2, 3, 4), (args, code, err)     # 4: --check, proof not re-checked
     if code == 2:
         assert len(err.strip().splitlines()) == 1, err
     return code, out, err

@@ -14,7 +14,7 @@ from .api import (_input_vector, check_norm, distance,
                   load, read_vnnlib, robustness, verify_property)
 from .config import check_domain
 from .onnx_loader import ModelError
-from .certificate import (CertificateError, file_sha256,
+from .certificate import (DISTORTION_METHODS, METHODS, CertificateError, file_sha256,
                           read_certificate)
 from .config import Options
 from .spec import robustness_property
@@ -22,9 +22,11 @@ from .spec import robustness_property
 
 @dataclass
 class CheckResult:
-    """Outcome of ``check_certificate``: ``passed`` (exit 0), ``failed`` (the certificate does not
-    hold, exit 1) or ``inconclusive`` (a requested re-run decided nothing, exit 3).  ``checked``
-    says what was re-checked, ``not_checked`` what was taken on trust."""
+    """Outcome of ``check_certificate``: ``passed`` (everything the certificate claims was
+    re-checked and holds, exit 0), ``failed`` (the certificate does not hold, exit 1),
+    ``inconclusive`` (a requested re-run decided nothing, exit 3) or ``incomplete`` (what was
+    re-checked holds, but part of the claim -- listed in ``not_checked`` -- was taken on trust,
+    exit 4: re-run with ``--method`` to re-check it).  ``checked`` says what was re-checked."""
     outcome: str
     headline: str
     checked: list = field(default_factory=list)
@@ -32,7 +34,7 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        return {"passed": 0, "failed": 1, "inconclusive": 3}[self.outcome]
+        return {"passed": 0, "failed": 1, "inconclusive": 3, "incomplete": 4}[self.outcome]
 
     def summary_line(self) -> str:
         return f"CHECK {self.outcome.upper()}  {self.headline}"
@@ -91,6 +93,11 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
                                f"{record['model']['sha256'][:12]}…, {record['model'].get('path')})")
     net = load(mp)
     p, cert = record["property"], record["certificate"]
+    known = DISTORTION_METHODS if p["kind"] == "min_distortion" else METHODS
+    if cert.get("method") not in known:
+        raise CertificateError(f"the certificate's method {cert.get('method')!r} is not one this "
+                               f"verifier produces ({', '.join(known)}): nothing to re-check it "
+                               f"against")
     checked = [f"model {mp}: SHA-256 matches", f"property: {_describe_property(p)}"]
     if p["kind"] == "min_distortion":
         return _check_distortion(net, mp, p, cert, checked)
@@ -107,7 +114,7 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
     if status == "verified":
         return _check_verified(net, prop, cert, checked, method, timeout)
     return CheckResult("passed", f"{status}: the certificate claims no answer; model and property "
-                                 f"match", checked, ["nothing else to re-check"])
+                                 f"match", checked)
 
 
 def _check_counterexample(model_path, prop, cert, checked) -> CheckResult:
@@ -166,8 +173,9 @@ def _check_verified(net, prop, cert, checked, method, timeout) -> CheckResult:
         return CheckResult("failed", f"verified, but a counterexample was found and replayed in "
                                      f"onnxruntime (margin {found:.4g})", checked)
     checked.append("a short attack found no counterexample")
-    return CheckResult("passed", f"verified by {how}: model and property match; the {how} proof is "
-                                 f"not re-checked (re-run with --method {_rerun(how)} to reproduce)",
+    return CheckResult("incomplete", f"verified by {how}: model and property match, but the "
+                                     f"{how} proof was not re-checked (re-run with --method "
+                                     f"{_rerun(how)} to re-check it)",
                        checked, [f"the {how} proof"])
 
 
@@ -219,7 +227,8 @@ def _check_distortion(net, model_path, p, cert, checked) -> CheckResult:
         checked.append("a short attack inside the lower bound's ball found nothing")
     if status in ("found", "robust"):
         what = "counterexample replayed; " if status == "found" else ""
-        return CheckResult("passed", f"minimal distortion ({status}): {what}its lower bound is not "
-                                     f"re-proved", checked, not_checked)
-    return CheckResult("passed", f"minimal distortion ({status}): no answer claimed; model and "
-                                 f"input match", checked, not_checked)
+        return CheckResult("incomplete", f"minimal distortion ({status}): {what}its lower "
+                                         f"bound was not re-proved", checked, not_checked)
+    return CheckResult("incomplete", f"minimal distortion ({status}): no answer claimed; model "
+                                     f"and input match; its lower bound was not re-proved",
+                       checked, not_checked)

@@ -118,18 +118,31 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
 
 
 def _check_counterexample(model_path, prop, cert, checked) -> CheckResult:
-    from .replay import replay
+    """Replay in the recorded precision: a float32 point on the model itself, or a float64 point
+    on its float64 copy -- the latter only inside a box that holds no float32 point."""
+    from .replay import PRECISIONS, replay
+    precision = (cert.get("stats") or {}).get("replay_precision", "float32")  # older files
+    if precision not in PRECISIONS:
+        raise CertificateError(f"the certificate's replay precision {precision!r} is not one of "
+                               f"{', '.join(PRECISIONS)}")
     cx = np.asarray(cert["counterexample"], np.float64)
     if cx.size != prop.n_inputs:
         return CheckResult("failed", f"the counterexample has {cx.size} values, the property "
                                      f"{prop.n_inputs} inputs", checked)
-    if not np.array_equal(cx.astype(np.float32).astype(np.float64), cx):
+    is32 = np.array_equal(cx.astype(np.float32).astype(np.float64), cx)
+    if precision == "float32" and not is32:
         return CheckResult("failed", "the counterexample is not a float32 input", checked)
     r = replay(model_path, cx, prop)
+    if r.ok and (r.precision != precision or not np.array_equal(r.x32.astype(np.float64), cx)):
+        return CheckResult("failed", f"the counterexample is recorded as a {precision} replay, "
+                                     f"but it replays in {r.precision} (a float64 replay is only "
+                                     f"for boxes that hold no float32 input)", checked)
     if not r.ok:
         return CheckResult("failed", f"falsified, but the counterexample does not replay: "
                                      f"{r.reason}", checked)
-    checked.append(f"counterexample: float32, inside input box {r.case_index}, onnxruntime output "
+    run = "onnxruntime output" if precision == "float32" else \
+        "its box holds no float32 input; the float64 copy's onnxruntime output"
+    checked.append(f"counterexample: {precision}, inside input box {r.case_index}, {run} "
                    f"violates the property (margin {r.margin:.6g})")
     rec = cert.get("output")
     if rec is not None and len(rec) == r.y32.size:
@@ -137,7 +150,7 @@ def _check_counterexample(model_path, prop, cert, checked) -> CheckResult:
         checked.append("recorded output: identical to this onnxruntime's" if diff == 0 else
                        f"recorded output differs from this onnxruntime's by up to {diff:.3g}")
     return CheckResult("passed", f"falsified: counterexample replayed in onnxruntime "
-                                 f"(margin {r.margin:.4g})", checked)
+                                 f"({precision}, margin {r.margin:.4g})", checked)
 
 
 def _check_verified(net, prop, cert, checked, method, timeout) -> CheckResult:

@@ -232,7 +232,8 @@ def _leaky(cv, node, x: Tensor, slope: np.ndarray, params: int):
 
 def leaky_relu(cv, node, args, attrs):
     x = args[0]
-    return _leaky(cv, node, x, np.full(x.size, float(attrs.get("alpha", 0.01))), 0)
+    alpha = attrs.get("alpha", float(np.float32(0.01)))   # float attributes are float32
+    return _leaky(cv, node, x, np.full(x.size, float(alpha)), 0)
 
 
 def prelu(cv, node, args, attrs):

@@ -2,7 +2,7 @@
 
 Each corrupted file goes through ``verifier.cli.main`` in-process.  Required every time:
 - no uncaught exception and no "internal error" line (an internal error is a bug, not bad input);
-- an exit code in {0, 1, 2, 3};
+- an exit code in {0, 1, 2, 3} (4 too for `--check`: a proof that was not re-checked);
 - a file that does not load on its own (the loader / the VNN-LIB parser / numpy + the input checks,
   called directly here) gives exit 2: never an answer on a file that does not parse; and a valid
   VNN-LIB or input file gives an answer (0, 1 or 3), not an error.

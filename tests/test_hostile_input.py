@@ -229,3 +229,13 @@ def test_version_and_python_dash_m(capsys):
     r = subprocess.run([sys.executable, "-m", "verifier", "--eps"], capture_output=True,
                        text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_every_method_the_pipeline_can_record_is_known():
+    """--check refuses unknown methods, so each name an answer can carry must be in the list:
+    the pipeline's methods and every bound level (a timeout reports the level it reached)."""
+    from verifier.bounds.ladder import LEVELS
+    from verifier.certificate import METHODS
+    from verifier.config import METHODS as OPTION_METHODS
+    assert set(LEVELS) <= set(METHODS)
+    assert set(OPTION_METHODS) - {"auto"} <= set(METHODS)

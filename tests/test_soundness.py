@@ -147,8 +147,8 @@ def _row_text(row, d) -> str:
     """One unsafe row ``C y <= d`` in VNN-LIB atoms, which compare one output with one output or
     a constant: ``Y_i - Y_j <= 0``, ``Y_i <= d``, ``-Y_i <= d``, or ``0 <= d``."""
     nz = [j for j, c in enumerate(row) if c]
-    if not nz:
-        return f"(<= 0.0 {d!r})"
+    if not nz:            # always true or always false: a zero row, or a constant comparison
+        return "(<= Y_0 Y_0)" if d == 0 else f"(<= 0.0 {d!r})"
     if len(nz) == 1 and row[nz[0]] in (1.0, -1.0):
         j = nz[0]
         return f"(<= Y_{j} {d!r})" if row[j] == 1 else f"(>= Y_{j} {-d!r})"
@@ -421,6 +421,7 @@ def region_cases(size: str):
             Case("empty: Y_0 >= 1e6", "empty/whole", net, *box, [([-1, 0], [-1e6])]),
             Case("whole box: Y_0 >= Y_0", "empty/whole", net, *box, [([0, 0], [0.0])]),
             Case("whole box: Y_0 <= 1e6", "empty/whole", net, *box, [([1, 0], [1e6])]),
+            Case("whole box: 0 <= 1", "empty/whole", net, *box, [([0, 0], [1.0])]),
             Case("whole box: 0 <= 1 or Y_1 <= -1e6", "empty/whole", net, *box,
                  [([0, 0], [1.0]), ([0, 1], [-1e6])])]
 
@@ -534,6 +535,10 @@ KNOWN_BUGS = {
     ("weights x1e+15 then /1e+15, eps 0.2", "lp"):
         "HiGHS rejects LP rows with |coefficient| >= 1e15: RuntimeError, an internal error "
         "(bounds/lp)",
+    **{("whole box: 0 <= 1", m):
+       "a conjunction without rows (an always-true constant comparison) crashes the bound "
+       "ladder: min() of an empty margin array, an internal error (bounds/ladder.py)"
+       for m in ("bounds", "lp", "milp")},
 }
 
 

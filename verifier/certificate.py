@@ -41,9 +41,10 @@ import numpy as np
 STATUSES = ("verified", "falsified", "unknown", "timeout")
 EXIT_CODES = {"verified": 0, "falsified": 1, "unknown": 3, "timeout": 3}
 VNNCOMP_WORDS = {"verified": "unsat", "falsified": "sat", "unknown": "unknown", "timeout": "timeout"}
-# the ``method`` names an answer can carry (how it was reached); ``--check`` refuses any other,
-# since it would not know how to re-check it.  A new pipeline method must be added here.
-METHODS = ("attack", "interval", "bounds", "symbolic", "lp", "split", "milp", "bab")
+# the ``method`` names an answer can carry (how it was reached: the pipeline's methods and the
+# bound levels of verifier.bounds.ladder.LEVELS); ``--check`` refuses any other, since it would
+# not know how to re-check it.  A new pipeline method must be added here.
+METHODS = ("attack", "bounds", "split", "bab", "interval", "symbolic", "alpha", "lp", "milp")
 DISTORTION_METHODS = ("bisect", "milp", "replay")
 FORMAT = "verifier-certificate"
 FORMAT_VERSION = 1

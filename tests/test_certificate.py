@@ -305,7 +305,9 @@ def test_distortion_certificate_check(tmp_path, capsys):
     code, out, _ = _cli(capsys, MLP, "--input", SAMPLE, "--label", 1, "--min-distortion",
                         "--certificate", cert)
     assert code == 0 and out.startswith("MIN DISTORTION")
-    assert check_certificate(cert, MLP).outcome == "passed"
+    r = check_certificate(cert, MLP)      # the counterexample replays; the lower bound's
+    assert r.outcome == "incomplete" and r.exit_code == 4    # proof is not re-done
+    assert r.not_checked and "not re-proved" in r.headline
     lower = json.loads(cert.read_text())["certificate"]["distortion_upper"]
     bad = _doctor(cert, tmp_path / "bad.json",       # a lower bound above a known unsafe input
                   lambda r: r["certificate"].update(distortion_lower=3 * lower))

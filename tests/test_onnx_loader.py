@@ -566,6 +566,46 @@ def _():
                       {"minus1": I64(-1)}, ["N", 2, 3, 4], opset=15)
 
 
+@case("Clip with min and max inputs (opset 13), weights spanning both bounds")
+def _():
+    return make_model([node("Gemm", ["x", "W"], ["h"]), node("Clip", ["h", "lo", "hi"], ["y"])],
+                      {"W": W(4, 6), "lo": np.float32(-0.5), "hi": np.float32(0.7)}, [1, 4],
+                      opset=13), {"lo": -3, "hi": 3, "n": 8}
+
+
+@case("Clip max only, min only (empty input names), none, ReLU6")
+def _():
+    return make_model([node("Gemm", ["x", "W"], ["h"]), node("Clip", ["h", "", "hi"], ["a"]),
+                       node("Clip", ["a", "lo"], ["b"]), node("Clip", ["b"], ["c"]),
+                       node("Clip", ["c", "zero", "six"], ["y"])],
+                      {"W": W(4, 6, scale=4), "hi": np.float32(2.5), "lo": np.float32(-1.5),
+                       "zero": np.float32(0), "six": np.float32(6)}, [1, 4], opset=13), \
+        {"lo": -3, "hi": 3, "n": 8}
+
+
+@case("Clip attribute form (opset 6 default bounds are FLT_MAX)")
+def _():
+    return make_model([node("MatMul", ["x", "W"], ["h"]), node("Clip", ["h"], ["a"], min=-0.1),
+                       node("Clip", ["a"], ["y"], max=0.3)], {"W": W(4, 3)}, [1, 4], opset=7), \
+        {"lo": -3, "hi": 3, "n": 8}
+
+
+@case("LeakyRelu default and explicit alpha, alpha > 1")
+def _():
+    return make_model([node("Gemm", ["x", "W"], ["h"]), node("LeakyRelu", ["h"], ["a"]),
+                       node("LeakyRelu", ["a"], ["b"], alpha=0.3),
+                       node("LeakyRelu", ["b"], ["y"], alpha=2.0)], {"W": W(4, 5)}, [1, 4]), \
+        {"lo": -3, "hi": 3, "n": 8}
+
+
+@case("PRelu per channel after Conv, scalar slope, negative slope")
+def _():
+    return make_model([node("Conv", ["x", "K"], ["h"]), node("PRelu", ["h", "s"], ["a"]),
+                       node("PRelu", ["a", "t"], ["y"])],
+                      {"K": W(3, 2, 2, 2), "s": W(3, 1, 1, seed=3), "t": np.float32([-0.5])},
+                      [1, 2, 4, 4]), {"lo": -3, "hi": 3, "n": 8}
+
+
 def _run_case(name):
     made = CASES[name]()
     model, kw = made if isinstance(made, tuple) else (made, {})
@@ -575,6 +615,80 @@ def _run_case(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_op_matches_onnxruntime(name):
     _run_case(name)
+
+
+def test_piecewise_linear_activations_use_one_relu_per_value_and_per_bound():
+    leaky = _run_case("LeakyRelu default and explicit alpha, alpha > 1")
+    assert leaky.relu_count == 3 * 5               # s*x + (1-s)*relu(x): one ReLU per value
+    clip = _run_case("Clip with min and max inputs (opset 13), weights spanning both bounds")
+    assert clip.relu_count == 2 * 6 and kinds(clip) == ["input", "linear", "relu", "linear",
+                                                         "relu", "linear"]
+    assert any("Clip" in n.origin for n in clip.nodes if n.kind == "relu")
+    plain = convert(make_model([node("Clip", ["x"], ["y"])], {}, [1, 4], opset=13))
+    assert plain.relu_count == 0                   # no bounds: the identity
+
+
+def test_clip_min_above_max_and_computed_bounds_are_unsupported():
+    m = make_model([node("Clip", ["x", "lo", "hi"], ["y"], name="clipbad")],
+                   {"lo": np.float32(1), "hi": np.float32(0)}, [1, 4], opset=13)
+    assert "Clip (clipbad): min > max" in str(pytest.raises(ModelError, convert, m).value)
+    m = make_model([node("Slice", ["x", "s0", "s1", "ax"], ["one"]),
+                    node("Reshape", ["one", "scalar"], ["m"]),
+                    node("Clip", ["x", "", "m"], ["y"], name="clipc")],
+                   {"s0": I64(0), "s1": I64(1), "ax": I64(1), "scalar": I64()}, [1, 4], opset=13)
+    assert "Clip (clipc): computed min or max" in str(pytest.raises(ModelError, convert, m).value)
+
+
+# --------------------------------------------------------------------------------------------
+# a Softmax at the output: dropped, the graph returns the logits
+# --------------------------------------------------------------------------------------------
+def _softmax_model(tail, shape=(1, 6), opset=17, **softmax_attrs):
+    """Gemm 4 -> 6, reshaped to ``shape``, a Softmax, then the ``tail`` nodes (ending in y)."""
+    nodes = [node("Gemm", ["x", "W"], ["h"]), node("Reshape", ["h", "shape"], ["l"]),
+             node("Softmax", ["l"], ["s" if tail else "y"], name="prob", **softmax_attrs)]
+    return make_model(nodes + tail, {"W": W(4, 6, scale=3), "shape": I64(*shape)}, [1, 4],
+                      opset=opset)
+
+
+@pytest.mark.parametrize("tail, shape, opset, attrs, groups", [
+    ([], (1, 6), 17, {}, [0] * 6),
+    ([node("Flatten", ["s"], ["f"]), node("Identity", ["f"], ["y"])], (1, 6), 17, {}, [0] * 6),
+    ([], (1, 2, 3), 17, {}, [0, 0, 0, 1, 1, 1]),                   # softmax over the last axis
+    ([], (1, 2, 3), 17, {"axis": 1}, [0, 1, 2, 0, 1, 2]),
+    ([], (1, 2, 3), 11, {}, [0] * 6),                               # coerced to 2-D at axis 1
+    ([], (1, 2, 3), 11, {"axis": 2}, [0, 0, 0, 1, 1, 1]),
+    ([], (1, 6), 17, {"axis": 0}, list(range(6))),                  # over the batch: all 1.0
+])
+def test_output_softmax_is_dropped_and_matches_onnxruntime(tail, shape, opset, attrs, groups):
+    from verifier.api import model_output
+    model = _softmax_model(tail, shape, opset, **attrs)
+    g = convert(model)
+    assert g.output_groups.tolist() == groups
+    assert any("Softmax (prob)" in n and "logits" in n for n in g.notes)
+    assert "note: Softmax (prob) at the output is dropped" in g.summary()
+    sess = session(model)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = rng.uniform(-1, 1, (1, 4)).astype(np.float32)
+        ref = np.asarray(sess.run(None, {"x": x})[0], np.float64).reshape(-1)
+        np.testing.assert_allclose(model_output(g, g.forward(x)), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_a_softmax_that_is_not_the_output_is_unsupported():
+    inner = _softmax_model([node("Relu", ["s"], ["y"])])                    # read by a layer
+    shared = _softmax_model([node("Add", ["s", "s"], ["y"])])
+    also_read = _softmax_model([node("Identity", ["s"], ["y"]), node("Neg", ["s"], ["unused"])])
+    for m in (inner, shared):
+        msg = str(pytest.raises(ModelError, convert, m).value)
+        assert "Softmax (prob)" in msg and "model's output" in msg
+    assert convert(also_read).output_groups is not None     # a reader off the output path
+
+
+def test_several_outputs_are_refused_naming_them():
+    model = _small_model()
+    model.graph.output.append(helper.make_tensor_value_info("h", F, None))
+    msg = str(pytest.raises(ModelError, convert, model).value)
+    assert "2 outputs" in msg and "h" in msg and "\n" not in msg
 
 
 # --------------------------------------------------------------------------------------------

@@ -102,15 +102,23 @@ def test_float32_rounding_stays_inside_boxes_with_unrepresentable_bounds():
         assert np.all(np.abs(x64 - naive) <= ulp * 1.0000001)
 
 
-def test_box_without_float32_point_fails(model):
+def test_box_without_float32_point_replays_on_the_float64_copy(model):
     lo = np.array([0.1, 0.0])
     hi = np.array([0.1 + 1e-9, 1.0])      # float32 neighbours of 0.1 lie on both sides of this box
     f = np.float32(0.1)
     assert not (lo[0] <= float(f) <= hi[0]) and not (lo[0] <= float(np.nextafter(f, np.float32(0))) <= hi[0])
     assert to_float32_in_box(lo, lo, hi) is None
     prop = Property((Case(Box(lo, hi), (Conjunction(np.array([[0.0, 0.0]]), np.zeros(1)),)),), 2, 2)
-    r = replay(model, lo, prop)
-    assert not r.ok and "float32" in r.reason
+    r = replay(model, np.array([0.1, 0.3]), prop)
+    assert r.ok and r.precision == "float64" and r.x32.dtype == np.float64
+    assert r.x32.tolist() == [0.1, 0.3]                       # the float64 point itself
+    assert r.y32.dtype == np.float64 and r.y32[0] == 0.1 - 0.3   # computed in double
+    # y0 = x0 - x1 <= -0.25 holds at x1 = 0.35 + eps in float64, not at x1 = 0.3
+    unsafe = (Conjunction(np.array([[1.0, 0.0]]), np.array([-0.25])),)
+    pinned = Property((Case(Box(lo, hi), unsafe),), 2, 2)
+    assert replay(model, np.array([0.1, 0.36]), pinned).ok
+    r = replay(model, np.array([0.1, 0.3]), pinned)
+    assert not r.ok and "float64 output is safe" in r.reason and r.precision == "float64"
 
 
 def test_violation_decided_exactly_near_zero():

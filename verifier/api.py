@@ -17,7 +17,7 @@ from .certificate import (Certificate, CertificateError, MinDistortionResult)
 from .config import Options, OptionsError, check_domain, check_eps
 from .graph import Graph
 from .onnx_loader import ModelError, load as _load_graph
-from .spec import (Property, SpecError, check_norm, distance, input_vector,
+from .spec import (Property, SpecError, check_norm, check_order_only, distance, input_vector,
                    robustness_property)
 from .vnnlib import VnnlibError, parse_vnnlib
 
@@ -46,10 +46,29 @@ def forward_check(net: Graph, samples: int = 3, seed: int = 0) -> str:
     worst = 0.0
     for _ in range(samples):
         x = rng.random(net.n_inputs).astype(np.float32)
-        y = run_model(net.model_bytes, x).astype(np.float64)
-        worst = max(worst, float(np.max(np.abs(y - net.forward(x)))) / max(1.0, np.abs(y).max()))
+        try:
+            y = run_model(net.model_bytes, x).astype(np.float64)
+        except Exception as e:      # the file loads but onnxruntime refuses it: bad input
+            raise ModelError(f"onnxruntime cannot run this model: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}") \
+                from None
+        ours = model_output(net, net.forward(x))
+        worst = max(worst, float(np.max(np.abs(y - ours))) / max(1.0, np.abs(y).max()))
     return f"forward check: float64 graph vs onnxruntime on {samples} random inputs, " \
            f"max relative difference {worst:.1e}"
+
+
+def model_output(net: Graph, y: np.ndarray) -> np.ndarray:
+    """The model's output from the graph's (they differ only by a dropped output Softmax)."""
+    if net.output_groups is None:
+        return y
+    y = np.asarray(y, np.float64)
+    out = np.empty_like(y)
+    for g in np.unique(net.output_groups):
+        sel = net.output_groups == g
+        e = np.exp(y[sel] - y[sel].max())
+        out[sel] = e / e.sum()
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,14 +84,23 @@ def robustness(model, x, label: int, eps: float, *, domain=(0.0, 1.0),
     net = _graph(model)
     domain = check_domain(domain)
     x = _input_vector(net, x, domain)
-    return robustness_property(x, label, check_eps(eps), domain, n_outputs=net.n_outputs,
-                               target=target)
+    return check_property(net, robustness_property(x, label, check_eps(eps), domain,
+                                                   n_outputs=net.n_outputs, target=target))
 
 
 def read_vnnlib(model, vnnlib) -> Property:
     """Parse a VNN-LIB file for this model's input and output sizes."""
     net = _graph(model)
-    return parse_vnnlib(Path(vnnlib), n_inputs=net.n_inputs, n_outputs=net.n_outputs)
+    return check_property(net, parse_vnnlib(Path(vnnlib), n_inputs=net.n_inputs,
+                                            n_outputs=net.n_outputs))
+
+
+def check_property(net: Graph, prop: Property) -> Property:
+    """``prop`` if the graph can decide it; ``SpecError`` if not: a graph that dropped the model's
+    output Softmax decides only comparisons of two outputs of one softmax."""
+    if net.output_groups is not None:
+        check_order_only(prop, net.output_groups, "the model's output Softmax")
+    return prop
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +141,7 @@ def verify_property(net: Graph, prop: Property, options: Options, progress=None)
     from .pipeline import run
     # one BLAS thread per solve: the products here are small, and on a shared machine a
     # multi-threaded BLAS made them up to 100x slower (measured on 2 cores with other jobs)
+    check_property(net, prop)
     with threadpool_limits(limits=options.threads):
         return run(net, prop, options, progress)
 
@@ -177,6 +206,7 @@ def export_milp(model, prop: Property, path) -> dict:
     if path.suffix.lower() not in (".mps", ".lp"):
         raise OptionsError(f"--export: the file must end in .mps or .lp, not {path.name!r}")
     net = _graph(model)
+    check_property(net, prop)
     out = net.output
     pick = None
     for k, case in enumerate(prop.cases):
@@ -228,7 +258,8 @@ def min_distortion(model, x, label: int, *, norm: str = "inf", timeout: float | 
     net = _graph(model)
     domain = check_domain(domain)
     x = _input_vector(net, x, domain)
-    robustness_property(x, label, 0.0, domain, n_outputs=net.n_outputs, target=target)  # checks
+    check_property(net, robustness_property(x, label, 0.0, domain, n_outputs=net.n_outputs,
+                                            target=target))                          # checks
     if max_eps is not None:
         max_eps = check_eps(max_eps)
     radius = float(np.max(np.maximum(x - domain[0], domain[1] - x))) if max_eps is None \

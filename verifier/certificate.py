@@ -41,6 +41,11 @@ import numpy as np
 STATUSES = ("verified", "falsified", "unknown", "timeout")
 EXIT_CODES = {"verified": 0, "falsified": 1, "unknown": 3, "timeout": 3}
 VNNCOMP_WORDS = {"verified": "unsat", "falsified": "sat", "unknown": "unknown", "timeout": "timeout"}
+# the ``method`` names an answer can carry (how it was reached: the pipeline's methods and the
+# bound levels of verifier.bounds.ladder.LEVELS); ``--check`` refuses any other, since it would
+# not know how to re-check it.  A new pipeline method must be added here.
+METHODS = ("attack", "bounds", "split", "bab", "interval", "symbolic", "alpha", "lp", "milp")
+DISTORTION_METHODS = ("bisect", "milp", "replay")
 FORMAT = "verifier-certificate"
 FORMAT_VERSION = 1
 
@@ -100,8 +105,10 @@ class Certificate:
 
     ``verified``: ``margin_lower`` > 0 is a bound on the worst-case margin that is sound in floating
     point (``method`` says how it was proved).  ``falsified``: ``counterexample`` (flat input) lies in
-    the input region and its onnxruntime float32 ``output`` violates the property.  ``unknown`` /
-    ``timeout``: the best bounds found, either of which may be ``None``.
+    the input region and its onnxruntime float32 ``output`` violates the property;
+    ``stats["replay_precision"]`` is "float32", or "float64" when the input box holds no float32
+    point and the counterexample (a float64 point) was replayed on a float64 copy of the model.
+    ``unknown`` / ``timeout``: the best bounds found, either of which may be ``None``.
     """
     status: str
     time_s: float = 0.0
@@ -115,6 +122,10 @@ class Certificate:
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}")
+        if self.status == "falsified" and self.counterexample is not None and \
+                "replay_precision" not in (self.stats or {}):
+            self.stats = {**(self.stats or {}),
+                          "replay_precision": replay_precision(self.counterexample)}
 
     @property
     def exit_code(self) -> int:
@@ -142,7 +153,10 @@ class Certificate:
             return f"VERIFIED  margin >= {_down(self.margin_lower)}  ({self.method}, {t})"
         if self.status == "falsified":
             m = "" if self.margin_upper is None else f"margin {self.margin_upper:.4g}  "
-            return f"FALSIFIED  {m}counterexample replayed in onnxruntime  ({self.method}, {t})"
+            f64 = " (float64 copy: the box holds no float32 input)" \
+                if (self.stats or {}).get("replay_precision") == "float64" else ""
+            return f"FALSIFIED  {m}counterexample replayed in onnxruntime{f64}  " \
+                   f"({self.method}, {t})"
         lo = "-inf" if self.margin_lower is None or not math.isfinite(self.margin_lower) \
             else _down(self.margin_lower)
         hi = "+inf" if self.margin_upper is None or not math.isfinite(self.margin_upper) \
@@ -152,6 +166,17 @@ class Certificate:
     def details(self, max_cases: int = 4) -> list[str]:
         """A few indented lines saying what was done (from ``stats``), for the human output."""
         return describe_stats(self.stats, max_cases)
+
+
+def replay_precision(x) -> str:
+    """How a replayed counterexample ``x`` was run: "float32" (the model itself) when every value
+    is a float32, else "float64" (its float64 copy).  Replay uses the float64 copy only for boxes
+    without a float32 point, whose replayed points therefore always hold a non-float32 value, so
+    the point alone tells (``verifier.replay``)."""
+    a = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        return "float32" if np.array_equal(a.astype(np.float32).astype(np.float64), a) \
+            else "float64"
 
 
 def describe_stats(stats: dict, max_cases: int = 4) -> list[str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .api import load, read_vnnlib, robustness, verify_property
-from .certificate import CertificateError, file_sha256, read_certificate
+from .certificate import (DISTORTION_METHODS, METHODS, CertificateError, file_sha256,
+                          read_certificate)
 from .config import Options, check_domain
 from .onnx_loader import ModelError
 from .spec import check_norm, distance, input_vector, robustness_property
@@ -19,9 +20,11 @@ from .spec import check_norm, distance, input_vector, robustness_property
 
 @dataclass
 class CheckResult:
-    """Outcome of ``check_certificate``: ``passed`` (exit 0), ``failed`` (the certificate does not
-    hold, exit 1) or ``inconclusive`` (a requested re-run decided nothing, exit 3).  ``checked``
-    says what was re-checked, ``not_checked`` what was taken on trust."""
+    """Outcome of ``check_certificate``: ``passed`` (everything the certificate claims was
+    re-checked and holds, exit 0), ``failed`` (the certificate does not hold, exit 1),
+    ``inconclusive`` (a requested re-run decided nothing, exit 3) or ``incomplete`` (what was
+    re-checked holds, but part of the claim -- listed in ``not_checked`` -- was taken on trust,
+    exit 4: re-run with ``--method`` to re-check it).  ``checked`` says what was re-checked."""
     outcome: str
     headline: str
     checked: list = field(default_factory=list)
@@ -29,7 +32,7 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        return {"passed": 0, "failed": 1, "inconclusive": 3}[self.outcome]
+        return {"passed": 0, "failed": 1, "inconclusive": 3, "incomplete": 4}[self.outcome]
 
     def summary_line(self) -> str:
         return f"CHECK {self.outcome.upper()}  {self.headline}"
@@ -88,6 +91,11 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
                                f"{record['model']['sha256'][:12]}…, {record['model'].get('path')})")
     net = load(mp)
     p, cert = record["property"], record["certificate"]
+    known = DISTORTION_METHODS if p["kind"] == "min_distortion" else METHODS
+    if cert.get("method") not in known:
+        raise CertificateError(f"the certificate's method {cert.get('method')!r} is not one this "
+                               f"verifier produces ({', '.join(known)}): nothing to re-check it "
+                               f"against")
     checked = [f"model {mp}: SHA-256 matches", f"property: {_describe_property(p)}"]
     if p["kind"] == "min_distortion":
         return _check_distortion(net, mp, p, cert, checked)
@@ -106,22 +114,35 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
         arithmetic = (record.get("options") or {}).get("arithmetic", "real")
         return _check_verified(net, prop, cert, checked, method, timeout, arithmetic)
     return CheckResult("passed", f"{status}: the certificate claims no answer; model and property "
-                                 f"match", checked, ["nothing else to re-check"])
+                                 f"match", checked)
 
 
 def _check_counterexample(model_path, prop, cert, checked) -> CheckResult:
-    from .replay import replay
+    """Replay in the recorded precision: a float32 point on the model itself, or a float64 point
+    on its float64 copy -- the latter only inside a box that holds no float32 point."""
+    from .replay import PRECISIONS, replay
+    precision = (cert.get("stats") or {}).get("replay_precision", "float32")  # older files
+    if precision not in PRECISIONS:
+        raise CertificateError(f"the certificate's replay precision {precision!r} is not one of "
+                               f"{', '.join(PRECISIONS)}")
     cx = np.asarray(cert["counterexample"], np.float64)
     if cx.size != prop.n_inputs:
         return CheckResult("failed", f"the counterexample has {cx.size} values, the property "
                                      f"{prop.n_inputs} inputs", checked)
-    if not np.array_equal(cx.astype(np.float32).astype(np.float64), cx):
+    is32 = np.array_equal(cx.astype(np.float32).astype(np.float64), cx)
+    if precision == "float32" and not is32:
         return CheckResult("failed", "the counterexample is not a float32 input", checked)
     r = replay(model_path, cx, prop)
+    if r.ok and (r.precision != precision or not np.array_equal(r.x32.astype(np.float64), cx)):
+        return CheckResult("failed", f"the counterexample is recorded as a {precision} replay, "
+                                     f"but it replays in {r.precision} (a float64 replay is only "
+                                     f"for boxes that hold no float32 input)", checked)
     if not r.ok:
         return CheckResult("failed", f"falsified, but the counterexample does not replay: "
                                      f"{r.reason}", checked)
-    checked.append(f"counterexample: float32, inside input box {r.case_index}, onnxruntime output "
+    run = "onnxruntime output" if precision == "float32" else \
+        "its box holds no float32 input; the float64 copy's onnxruntime output"
+    checked.append(f"counterexample: {precision}, inside input box {r.case_index}, {run} "
                    f"violates the property (margin {r.margin:.6g})")
     rec = cert.get("output")
     if rec is not None and len(rec) == r.y32.size:
@@ -129,7 +150,7 @@ def _check_counterexample(model_path, prop, cert, checked) -> CheckResult:
         checked.append("recorded output: identical to this onnxruntime's" if diff == 0 else
                        f"recorded output differs from this onnxruntime's by up to {diff:.3g}")
     return CheckResult("passed", f"falsified: counterexample replayed in onnxruntime "
-                                 f"(margin {r.margin:.4g})", checked)
+                                 f"({precision}, margin {r.margin:.4g})", checked)
 
 
 def _check_verified(net, prop, cert, checked, method, timeout, arithmetic) -> CheckResult:
@@ -167,8 +188,9 @@ def _check_verified(net, prop, cert, checked, method, timeout, arithmetic) -> Ch
         return CheckResult("failed", f"verified, but a counterexample was found and replayed in "
                                      f"onnxruntime (margin {found:.4g})", checked)
     checked.append("a short attack found no counterexample")
-    return CheckResult("passed", f"verified by {how}: model and property match; the {how} proof is "
-                                 f"not re-checked (re-run with --method {_rerun(how)} to reproduce)",
+    return CheckResult("incomplete", f"verified by {how}: model and property match, but the "
+                                     f"{how} proof was not re-checked (re-run with --method "
+                                     f"{_rerun(how)} to re-check it)",
                        checked, [f"the {how} proof"])
 
 
@@ -220,7 +242,8 @@ def _check_distortion(net, model_path, p, cert, checked) -> CheckResult:
         checked.append("a short attack inside the lower bound's ball found nothing")
     if status in ("found", "robust"):
         what = "counterexample replayed; " if status == "found" else ""
-        return CheckResult("passed", f"minimal distortion ({status}): {what}its lower bound is not "
-                                     f"re-proved", checked, not_checked)
-    return CheckResult("passed", f"minimal distortion ({status}): no answer claimed; model and "
-                                 f"input match", checked, not_checked)
+        return CheckResult("incomplete", f"minimal distortion ({status}): {what}its lower "
+                                         f"bound was not re-proved", checked, not_checked)
+    return CheckResult("incomplete", f"minimal distortion ({status}): no answer claimed; model "
+                                     f"and input match; its lower bound was not re-proved",
+                       checked, not_checked)

@@ -3,8 +3,9 @@
 Exit codes: 0 verified, 1 falsified, 3 unknown or timeout, 2 bad input or usage (one line on stderr).
 ``--min-distortion``: 0 answered (bracketed to the gap with a replayed counterexample, or robust
 within the search radius), 3 not answered in time.  ``--check``: 0 the certificate checks out,
-1 it does not hold, 3 a requested re-run decided nothing, 2 bad input (including a certificate that
-does not match the model or was modified).
+1 it does not hold, 3 a requested re-run decided nothing, 4 what was re-checked holds but the proof
+itself was not re-checked, 2 bad input (including a certificate that does not match the model, was
+modified, or names a method this verifier does not know).
 """
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--vnnlib", help="a VNN-LIB v1 property file instead of --eps/--input/--label")
     what.add_argument("--dataset", help=".npz with arrays x (N, ...) and y (N,): verify every "
                       "sample (at every --eps)")
-    what.add_argument("--domain", nargs=2, type=float, metavar=("LO", "HI"), default=(0.0, 1.0),
-                      help="valid input range (default 0 1)")
+    what.add_argument("--domain", nargs=2, type=float, metavar=("LO", "HI"),
+                      help="valid input range around --input / --dataset (default 0 1)")
     how = p.add_argument_group("how")
     how.add_argument("--method", default=None, help="auto|bounds|lp|milp|attack (default auto)")
     how.add_argument("--arithmetic", default=None, choices=["float32", "real"],
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--plot", help="also write a plot (.png/.svg/.pdf): a cactus plot, or "
                        "the robustness curve")
     batch.add_argument("--scheduler", help="tcp://HOST:PORT of a Dask scheduler: run there")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"verify {__version__}")
     return p
 
 
@@ -138,6 +141,7 @@ def _run(args) -> int:
         if len(args.eps) > 1 and not args.dataset:
             raise UsageError("several --eps values need --dataset (a robustness curve)")
         args.eps = args.eps[0]
+    _check_domain_applies(args)
     if args.check:
         return _check(args)
     if args.instances:
@@ -156,12 +160,29 @@ def _run(args) -> int:
     _check_property_args(args, modes)
     if not modes:
         net = api.load(args.model)
+        check = api.forward_check(net)        # first: a model onnxruntime refuses prints nothing
         print(net.summary())
-        print(api.forward_check(net))
+        print(check)
         return 0
     if modes == ["dataset"]:
         return _dataset(args, _options(args))
     return _single(args, modes[0], _options(args))
+
+
+def _check_domain_applies(args) -> None:
+    """``--domain`` only shapes the L∞ ball of --input / --dataset / --min-distortion; elsewhere it
+    would be silently ignored, so it is refused.  Then it gets its default, 0 1."""
+    if args.domain is not None:
+        for given, why in ((args.check, "--check (the certificate records its domain)"),
+                           (args.instances, "--instances (the VNN-LIB files hold the input "
+                                            "boxes)"),
+                           (args.vnnlib, "--vnnlib (the file's input boxes are the whole input "
+                                         "region)")):
+            if given:
+                raise UsageError(f"--domain does not apply to {why}")
+        if not (args.input or args.dataset):
+            raise UsageError("--domain needs a property (--input or --dataset)")
+    args.domain = (0.0, 1.0) if args.domain is None else tuple(args.domain)
 
 
 def _check_property_args(args, modes) -> None:
@@ -223,14 +244,34 @@ def _need_file(path, what: str) -> Path:
     return p
 
 
+def _same_file(a, b) -> bool:
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)          # also through links
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
 def _check_output_paths(args) -> None:
-    """Fail before the run, not after it, when an output file cannot be written."""
+    """Fail before the run, not after it, when an output file cannot be written or would
+    overwrite one of the run's inputs (or another output)."""
+    inputs = [(f, getattr(args, n)) for f, n in (("the model", "model"), ("--vnnlib", "vnnlib"),
+                                                  ("--input", "input"), ("--dataset", "dataset"))
+              if getattr(args, n)]
+    seen = []
     for name in ("certificate", "results_file", "export"):
         path = getattr(args, name)
         if not path:
             continue
         p = Path(path)
         flag = "--" + name.replace("_", "-")
+        for what, other in inputs + seen:
+            if _same_file(p, other):
+                raise UsageError(f"{flag} {p} names the same file as {what}: it would be "
+                                 f"overwritten; give another file name")
+        seen.append((flag, path))
         if p.is_dir():
             raise UsageError(f"{flag} {p} is a directory; give a file name")
         if not p.parent.is_dir():

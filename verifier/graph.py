@@ -33,6 +33,12 @@ class Graph:
         self.name = name
         self.source: str | None = None          # the file it was loaded from
         self.model_bytes: bytes | None = None   # the ONNX model, for replay in onnxruntime
+        # what the graph leaves out of the ONNX model, one line each (shown in the summary)
+        self.notes: list[str] = []
+        # set when the model's output Softmax was dropped: the group id of every output (the
+        # outputs normalised together); the graph then returns the logits, and only properties
+        # comparing two outputs of one group mean the same on both (api.check_property)
+        self.output_groups: np.ndarray | None = None
         self._check()
 
     # -- structure -------------------------------------------------------------------------
@@ -116,4 +122,5 @@ class Graph:
         lines.append(f"input {list(self.input_shape)} ({self.n_inputs} values), "
                      f"output {self.n_outputs} values, {self.param_count} parameters, "
                      f"{self.relu_count} ReLUs, {len(self.nodes)} nodes")
+        lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)

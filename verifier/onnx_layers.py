@@ -83,7 +83,7 @@ def batchnorm(cv, node, args, attrs):
         raise Unsupported("computed statistics")
     if attrs.get("training_mode", 0):
         raise Unsupported("training mode")
-    eps = attrs.get("epsilon", 1e-5)
+    eps = attrs.get("epsilon", float(np.float32(1e-5)))   # float attributes are float32
     g = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     per_channel = (-1,) + (1,) * (len(x.shape) - 2)        # channels are axis 1
     shift = bias.astype(np.float64) - mean.astype(np.float64) * g

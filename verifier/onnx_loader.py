@@ -17,6 +17,7 @@ output does not need are never looked at), with every tensor either a
 from __future__ import annotations
 
 import gzip
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,15 @@ class ModelError(ValueError):
     """The model file cannot be read or converted; the message is one line for the user."""
 
 
+# protobuf cannot parse a model above 2 GiB, so nothing larger is worth decompressing: a 2 MB
+# ``.onnx.gz`` bomb would otherwise inflate to whatever it claims (4.3 GB measured) before failing
+MAX_MODEL_BYTES = 2 * 2**30
+# a folded constant (shape arithmetic, weights moved by Transpose/Expand, ...) never needs many
+# more values than the model's own weights; a 540-byte model with ConstantOfShape of 2.5e8 values
+# would otherwise allocate 2 GB in the reference evaluator
+MIN_FOLD_LIMIT = 2**24          # values; the limit is max(this, 4 x the model's weight values)
+
+
 # --------------------------------------------------------------------------------------------
 # reading the file
 # --------------------------------------------------------------------------------------------
@@ -49,21 +59,38 @@ def read_model(path) -> onnx.ModelProto:
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelError(f"model path is a directory, not an ONNX file: {path}")
+    data = read_model_bytes(path)
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
-    try:
-        if data[:2] == b"\x1f\x8b":                     # gzip magic, whatever the file is called
-            data = gzip.decompress(data)
         model = onnx.load_from_string(data)
-    except Exception as e:  # protobuf raises DecodeError, gzip raises BadGzipFile/EOFError …
+    except Exception as e:  # protobuf raises DecodeError …
         raise ModelError(f"cannot read ONNX model {path.name}: not a valid ONNX file "
                          f"({type(e).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"cannot read ONNX model {path.name}: the file holds no graph")
     _load_external_data(model, path.parent)
     return model
+
+
+def read_model_bytes(path) -> bytes:
+    """The serialized model in ``path``, gunzipped when it starts with the gzip magic (whatever the
+    file is called), at most ``MAX_MODEL_BYTES`` of it (``ModelError`` beyond)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            out = f.read(MAX_MODEL_BYTES + 1)     # bounded: a bomb stops at the limit
+    except (OSError, EOFError) as e:              # BadGzipFile is an OSError
+        raise ModelError(f"cannot read ONNX model {path.name}: not a valid gzip file "
+                         f"({type(e).__name__})") from None
+    if len(out) > MAX_MODEL_BYTES:
+        raise ModelError(f"{path.name} decompresses to more than {MAX_MODEL_BYTES} bytes (the "
+                         f"largest ONNX model protobuf can hold): refused")
+    return out
 
 
 def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
@@ -154,10 +181,18 @@ class _Converter:
         self.values: dict[str, object] = {}      # ONNX name -> np.ndarray | Tensor | _Dead
         self.nodes: list[Node] = []
         self.unsupported: list[str] = []
+        self.notes: list[str] = []               # what the graph leaves out (Graph.notes)
+        self.output_softmax: onnx.NodeProto | None = None   # the Softmax the graph drops
+        self.output_groups: np.ndarray | None = None        # its groups (Graph.output_groups)
+        self.fold_limit = MIN_FOLD_LIMIT
 
     # -- set-up ----------------------------------------------------------------------------
     def run(self, name: str) -> Graph:
         g = self.graph
+        known = onnx.defs.onnx_opset_version()
+        if self.opset > known:
+            raise ModelError(f"the model uses ONNX opset {self.opset}, newer than any this onnx "
+                             f"release ({onnx.__version__}) knows (up to {known})")
         for t in g.initializer:
             self.values[t.name] = numpy_helper.to_array(t)
         inputs = [i for i in g.input if i.name not in self.values]
@@ -166,11 +201,19 @@ class _Converter:
                              f"{[i.name for i in inputs]}")
         if not g.output:
             raise ModelError("the model declares no output")
+        if len(g.output) > 1:
+            raise ModelError(f"the model has {len(g.output)} outputs "
+                             f"({', '.join(o.name for o in g.output)}); only models with one "
+                             f"output are supported")
+        weights = sum(int(np.prod(t.dims, dtype=np.int64)) for t in _all_tensors(self.model))
+        self.fold_limit = max(MIN_FOLD_LIMIT, 4 * weights)
         shape = self._input_shape(inputs[0])
         self.nodes.append(Input((), shape, name=inputs[0].name, origin="input"))
         self.values[inputs[0].name] = Tensor(0, shape)
 
-        for node in self._needed_nodes(g.output[0].name):
+        needed = self._needed_nodes(g.output[0].name)
+        self.output_softmax = _output_softmax(needed, g.output[0].name)
+        for node in needed:
             self._convert_node(node)
         if self.unsupported:
             raise ModelError("unsupported ONNX ops: " + ", ".join(dict.fromkeys(self.unsupported)))
@@ -184,12 +227,21 @@ class _Converter:
             out = Tensor(len(self.nodes) - 1, out.shape)
         # the output node reports the ONNX output shape (a final Reshape/Unsqueeze makes no node)
         self.nodes[out.node] = replace(self.nodes[out.node], shape=out.shape)
-        return simplify(Graph(self.nodes, output=out.node, name=name))
+        graph = simplify(Graph(self.nodes, output=out.node, name=name))
+        graph.notes = list(self.notes)
+        graph.output_groups = self.output_groups
+        return graph
 
     def _input_shape(self, value_info) -> tuple[int, ...]:
         t = value_info.type
         if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
             raise ModelError(f"input {value_info.name!r} has no declared tensor shape")
+        elem = t.tensor_type.elem_type
+        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+            # the graph reads real-valued inputs, and replay feeds float32 (or float64)
+            raise ModelError(f"input {value_info.name!r} has element type "
+                             f"{onnx.TensorProto.DataType.Name(elem)}; only float and double "
+                             f"inputs are supported")
         shape = []
         for k, d in enumerate(t.tensor_type.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -276,11 +328,37 @@ class _Converter:
             [helper.make_tensor_value_info(o, 0, None) for o in node.output if o])
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
         feeds = {i: a for i, a in zip(node.input, args) if i}
+        self._check_fold_size(node, feeds)
         try:
             return [np.asarray(r) for r in ReferenceEvaluator(m).run(None, feeds)]
         except Exception as e:
             raise ModelError(f"cannot evaluate node {node.op_type} "
                              f"({node.name or node.output[0]}): {e}".split("\n")[0]) from None
+
+    def _check_fold_size(self, node: onnx.NodeProto, feeds: dict) -> None:
+        """Refuse, before evaluating it, a node whose output would exceed ``fold_limit`` values.
+        onnx infers the output shapes from the input types and the small inputs' values (shape
+        vectors, scalars); an output whose shape it cannot infer is not checked."""
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            types = {k: helper.make_tensor_type_proto(
+                helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v))
+                for k, v in feeds.items()}
+            data = {k: numpy_helper.from_array(np.asarray(v), k) for k, v in feeds.items()
+                    if np.size(v) <= 4096}
+            outs = onnx.shape_inference.infer_node_outputs(schema, node, types, data)
+        except Exception:              # no schema or no inference rule: evaluate as before
+            return
+        for name, t in outs.items():
+            if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+                continue
+            dims = t.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                size = int(np.prod([d.dim_value for d in dims], dtype=object))
+                if size > self.fold_limit:
+                    raise ModelError(f"node {node.op_type} ({node.name or node.output[0]}) "
+                                     f"would make a constant of {size} values, more than "
+                                     f"{self.fold_limit} (4 x the model's weights): refused")
 
     # -- building graph nodes ----------------------------------------------------------------
     def _linear(self, terms, bias, shape, origin, name, params=0) -> Tensor:
@@ -323,9 +401,36 @@ class _Converter:
             return fill.reshape(shape)
         return self._linear(terms, fill, shape, origin, name)
 
-    def _relu(self, x: Tensor, name: str) -> Tensor:
-        self.nodes.append(Relu((x.node,), x.shape, name=name, origin="Relu"))
+    def _relu(self, x: Tensor, name: str, origin: str = "Relu") -> Tensor:
+        self.nodes.append(Relu((x.node,), x.shape, name=name, origin=origin))
         return Tensor(len(self.nodes) - 1, x.shape)
+
+
+# ops between an output Softmax and the graph output that keep every value and its flat order
+_ORDER_KEEPING = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def _output_softmax(needed: list[onnx.NodeProto], output: str) -> onnx.NodeProto | None:
+    """The Softmax whose values are the model's output (directly or through reshapes), read by
+    nothing else; ``None`` if there is none.  Only that Softmax may be dropped (see
+    ``onnx_ops.softmax``)."""
+    producer = {o: n for n in needed for o in n.output if o}
+    readers: dict[str, int] = {}
+    for n in needed:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    name = output
+    while name in producer:
+        n = producer[name]
+        if readers.get(name, 0) > (0 if name == output else 1) or \
+                (n.domain not in ("", "ai.onnx")):
+            return None
+        if n.op_type == "Softmax":
+            return n
+        if n.op_type not in _ORDER_KEEPING or not n.input:
+            return None
+        name = n.input[0]
+    return None
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

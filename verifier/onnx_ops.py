@@ -214,8 +214,113 @@ def relu(cv, node, args, attrs):
     return cv._relu(args[0], _name(node))
 
 
+# --------------------------------------------------------------------------------------------
+# piecewise-linear activations, exactly in terms of Relu and affine maps
+# --------------------------------------------------------------------------------------------
+def _eye(x: Tensor, scale=1.0):
+    return sp.diags_array(np.broadcast_to(np.asarray(scale, np.float64), (x.size,)).copy(),
+                          format="csr")
+
+
+def _leaky(cv, node, x: Tensor, slope: np.ndarray, params: int):
+    """``s*x + (1 - s)*relu(x)`` (= x where x >= 0, s*x below): one ReLU per value, not the two of
+    ``relu(x) - s*relu(-x)``, so one binary per unstable unit in the MILP."""
+    r = cv._relu(x, _name(node), origin=node.op_type)
+    return cv._linear([(x, _eye(x, slope)), (r, _eye(x, 1.0 - slope))], np.zeros(x.size), x.shape,
+                      node.op_type, _name(node), params=params)
+
+
+def leaky_relu(cv, node, args, attrs):
+    x = args[0]
+    alpha = attrs.get("alpha", float(np.float32(0.01)))   # float attributes are float32
+    return _leaky(cv, node, x, np.full(x.size, float(alpha)), 0)
+
+
+def prelu(cv, node, args, attrs):
+    x, slope = args
+    if not isinstance(x, Tensor) or isinstance(slope, Tensor):
+        raise Unsupported("computed slope")
+    slope = np.asarray(slope, np.float64)
+    cv._check_finite("PRelu", _name(node), slope)
+    return _leaky(cv, node, x, np.broadcast_to(slope, x.shape).reshape(-1), slope.size)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _clip_bound(value):
+    """A Clip bound as a float, ``None`` when it clips nothing a float32 can hold (absent, ±inf, or
+    opset 6's default ±FLT_MAX)."""
+    if value is None or np.size(value) == 0:
+        return None
+    v = float(np.asarray(value, np.float64).reshape(-1)[0])
+    return None if abs(v) >= FLOAT32_MAX else v
+
+
+def clip(cv, node, args, attrs):
+    """``min(max(x, lo), hi)`` as ``lo + relu(x - lo)`` then ``hi - relu(hi - that)``: two ReLU
+    layers in sequence, so the bounds of the second already know the first clipped (interval
+    bounds of the clip come out exact, unlike ``lo + relu(x - lo) - relu(x - hi)``)."""
+    x = args[0]
+    if any(isinstance(a, Tensor) for a in args[1:]):
+        raise Unsupported("computed min or max")
+    if cv.opset < 11:
+        lo, hi = attrs.get("min"), attrs.get("max")
+    else:
+        lo = args[1] if len(args) > 1 else None
+        hi = args[2] if len(args) > 2 else None
+    lo, hi = _clip_bound(lo), _clip_bound(hi)
+    if lo is not None and hi is not None and lo > hi:
+        raise Unsupported("min > max")
+    name, n = _name(node), x.size
+    if lo is not None:                                   # x <- lo + relu(x - lo)
+        t = cv._linear([(x, _eye(x))], np.full(n, -lo), x.shape, "Clip", name)
+        r = cv._relu(t, name, origin="Clip")
+        x = cv._linear([(r, _eye(x))], np.full(n, lo), x.shape, "Clip", name)
+    if hi is not None:                                   # x <- hi - relu(hi - x)
+        t = cv._linear([(x, _eye(x, -1.0))], np.full(n, hi), x.shape, "Clip", name)
+        r = cv._relu(t, name, origin="Clip")
+        x = cv._linear([(r, _eye(x, -1.0))], np.full(n, hi), x.shape, "Clip", name)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# an output Softmax: dropped, the graph returns its logits
+# --------------------------------------------------------------------------------------------
+def softmax_groups(shape: tuple[int, ...], axis: int, opset: int) -> np.ndarray:
+    """For each flat value of a Softmax over ``shape``, the id of the set of values normalised
+    together: the values that differ only along ``axis`` (opset >= 13), or, before opset 13, the
+    rows of the input coerced to 2-D at ``axis``."""
+    rank = len(shape)
+    axis = axis % rank if rank else 0
+    idx = np.indices(shape).reshape(rank, -1)
+    if opset >= 13:
+        rest = [d for k, d in enumerate(shape) if k != axis]
+        coords = np.delete(idx, axis, axis=0)
+        return np.ravel_multi_index(tuple(coords), rest) if rest else np.zeros(idx.shape[1], int)
+    return np.arange(int(np.prod(shape, dtype=np.int64))) // int(np.prod(shape[axis:],
+                                                                         dtype=np.int64))
+
+
+def softmax(cv, node, args, attrs):
+    """A Softmax whose values are the model's output is dropped: within one group (the values
+    normalised together) softmax is strictly increasing in each logit with the others fixed and
+    ``s_i <= s_j  <=>  y_i <= y_j`` exactly, so a property made only of such comparisons holds on
+    the model iff it holds on the logits.  ``api`` refuses every other property for such a graph
+    (``Graph.output_groups``).  A Softmax anywhere else is unsupported."""
+    if node is not cv.output_softmax:
+        raise Unsupported("only a Softmax whose values are the model's output is supported")
+    x = args[0]
+    default = -1 if cv.opset >= 13 else 1
+    cv.output_groups = softmax_groups(x.shape, int(attrs.get("axis", default)), cv.opset)
+    cv.notes.append(f"Softmax ({_name(node)}) at the output is dropped: the graph returns its "
+                    f"logits, and only properties comparing two outputs of one softmax "
+                    f"(Y_i <= Y_j) are accepted")
+    return Tensor(x.node, x.shape)
+
+
 CONVERTERS = {
-    "Relu": relu,
+    "Relu": relu, "LeakyRelu": leaky_relu, "PRelu": prelu, "Clip": clip, "Softmax": softmax,
     "Add": arith, "Sub": arith, "Mul": arith, "Div": arith, "Neg": neg,
     "Sum": sum_mean, "Mean": sum_mean,
     "Reshape": alias, "Flatten": alias, "Squeeze": alias, "Unsqueeze": alias,

@@ -4,10 +4,19 @@
 case's box, runs the ONNX model in onnxruntime on it, and accepts only if the float32 output ``y32``
 lies in that case's unsafe region.
 
+A box in which some coordinate's interval holds no float32 value at all (VNN-LIB files that pin an
+input to a decimal such as 0.1) cannot be replayed on the float32 model.  For such a case the
+candidate, clipped into the box in float64, is run on a float64 copy of the model
+(``onnx_float64``) instead, and ``precision`` says "float64"; the point and the output are then
+float64 arrays (still called ``x32`` / ``y32``).
+
 Guaranteed when ``ok`` is True:
-  * ``x32`` is a float32 vector and ``case.box.lower <= x32 <= case.box.upper`` holds exactly
-    (compared in float64, where float32 values are exact) for ``case = prop.cases[case_index]``;
-  * ``y32`` is exactly what onnxruntime returned for ``x32`` (first output, flattened), all finite;
+  * ``precision == "float32"``: ``x32`` is a float32 vector; ``"float64"``: ``x32`` is a float64
+    vector and the box of its case holds no float32 point;
+  * ``case.box.lower <= x32 <= case.box.upper`` holds exactly (compared in float64, where float32
+    values are exact) for ``case = prop.cases[case_index]``;
+  * ``y32`` is exactly what onnxruntime returned for ``x32`` (first output, flattened), all finite,
+    from the model itself (float32) or from its float64 copy (float64);
   * ``C_i y32 - d_i <= 0`` for every row of one conjunction of that case, decided exactly: margins
     computed in float64 are trusted only when far from 0 compared with their rounding error, and
     re-decided in rational arithmetic otherwise (``margin`` holds the float64 case margin).
@@ -15,7 +24,6 @@ Nothing else is claimed; callers must report ``x32`` / ``y32`` (not the float64 
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import threading
@@ -26,18 +34,22 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ReplayResult", "replay", "ort_session", "run_model", "to_float32_in_box",
-           "case_margins"]
+           "case_margins", "PRECISIONS"]
+
+PRECISIONS = ("float32", "float64")
 
 
 @dataclass(frozen=True, eq=False)
 class ReplayResult:
     ok: bool
-    x32: np.ndarray | None           # float32 flat input that was run (None if none could be made)
+    x32: np.ndarray | None           # flat input that was run (None if none could be made):
+                                     # float32, or float64 when precision is "float64"
     y32: np.ndarray | None           # flat output of onnxruntime on x32 (float32; float64 for a
-                                     # model with double outputs, never rounded)
+                                     # model with double outputs or the float64 copy, never rounded)
     case_index: int | None           # the case whose box holds x32 and whose unsafe region holds y32
     reason: str                      # "" when ok, else why the candidate was rejected
     margin: float | None = None      # that case's margin on y32 (float64; <= 0 when ok)
+    precision: str = "float32"       # the model run: as it is ("float32") or its float64 copy
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,8 +67,8 @@ def _model_bytes_and_key(model) -> tuple[str, object]:
         st = p.stat()   # key on path + size + mtime so an edited file is not served stale
 
         def load() -> bytes:
-            data = p.read_bytes()
-            return gzip.decompress(data) if p.suffix == ".gz" else data
+            from .onnx_loader import read_model_bytes    # gunzips, within the size limit
+            return read_model_bytes(p)
         return f"path:{p}:{st.st_size}:{st.st_mtime_ns}", load
     if isinstance(model, (bytes, bytearray, memoryview)):
         data = bytes(model)
@@ -67,11 +79,19 @@ def _model_bytes_and_key(model) -> tuple[str, object]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), (lambda: data)
 
 
-def ort_session(model):
-    """A cached onnxruntime ``InferenceSession`` (CPU, one intra-op and one inter-op thread)."""
+def ort_session(model, precision: str = "float32"):
+    """A cached onnxruntime ``InferenceSession`` (CPU, one intra-op and one inter-op thread) of
+    the model, or with ``precision="float64"`` of its float64 copy (``Float64Unsupported`` if it
+    has none)."""
     import onnxruntime as ort   # imported lazily: importing the attack must not need onnxruntime
 
     key, load = _model_bytes_and_key(model)
+    if precision == "float64":
+        from .onnx_float64 import float64_copy
+        key, raw = "float64:" + key, load
+
+        def load() -> bytes:
+            return float64_copy(raw())
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -80,7 +100,14 @@ def ort_session(model):
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(load(), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(load(), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        if precision != "float64":
+            raise
+        from .onnx_float64 import Float64Unsupported
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Float64Unsupported(f"onnxruntime cannot run it: {msg}") from None
     with _lock:
         _cache[key] = sess
         while len(_cache) > _CACHE_SIZE:
@@ -97,15 +124,18 @@ def _input_spec(sess) -> tuple[str, tuple[int, ...], type]:
     return inp.name, shape, dtype
 
 
-def run_model(model, x32: np.ndarray) -> np.ndarray:
-    """Run the model on one float32 flat input; returns the first output, flattened (its own dtype)."""
-    sess = ort_session(model)
+def run_model(model, x32: np.ndarray, precision: str = "float32") -> np.ndarray:
+    """Run the model on one float32 flat input, or its float64 copy on a float64 one
+    (``precision="float64"``); returns the first output, flattened (its own dtype)."""
+    sess = ort_session(model, precision)
     name, shape, dtype = _input_spec(sess)
-    x32 = np.asarray(x32, dtype=np.float32).reshape(-1)
-    if x32.size != int(np.prod(shape)):
-        raise ValueError(f"input has {x32.size} values but the model's input {shape} needs "
+    x = np.asarray(x32, dtype=np.float32 if precision == "float32" else np.float64).reshape(-1)
+    if x.size != int(np.prod(shape)):
+        raise ValueError(f"input has {x.size} values but the model's input {shape} needs "
                          f"{int(np.prod(shape))}")
-    out = sess.run(None, {name: x32.reshape(shape).astype(dtype)})[0]  # float32 -> double is exact
+    if precision == "float64" and dtype != np.float64:
+        raise ValueError("the float64 copy of the model does not take double inputs")
+    out = sess.run(None, {name: x.reshape(shape).astype(dtype)})[0]  # float32 -> double is exact
     return np.asarray(out).reshape(-1)
 
 
@@ -199,30 +229,36 @@ def replay(model, x, prop, *, project: bool = False) -> ReplayResult:
     outputs: dict[bytes, np.ndarray] = {}    # several cases may round to the same x32
     for k in inside:
         case = prop.cases[k]
-        xk = np.clip(x, case.box.lower, case.box.upper)
+        xk = np.clip(x, case.box.lower, case.box.upper)     # exact: stays inside in float64
         x32 = to_float32_in_box(xk, case.box.lower, case.box.upper)
-        if x32 is None:
-            last = ReplayResult(False, None, None, k, f"case {k}: box holds no float32 point")
-            continue
-        key = x32.tobytes()
+        precision = "float32"
+        if x32 is None:              # no float32 input in this box: the float64 copy decides
+            x32, precision = xk, "float64"
+        key = precision.encode() + x32.tobytes()
         if key not in outputs:
             try:
-                outputs[key] = run_model(model, x32)
+                outputs[key] = run_model(model, x32, precision)
             except Exception as e:   # any onnxruntime failure: not a counterexample
-                return ReplayResult(False, x32, None, k, f"onnxruntime run failed: {e}")
+                why = "box holds no float32 point, and the float64 copy of the model failed: " \
+                    if precision == "float64" else "onnxruntime run failed: "
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                return ReplayResult(False, x32, None, k, f"case {k}: {why}{first}",
+                                    precision=precision)
         y = outputs[key]
         if y.size != prop.n_outputs:
             return ReplayResult(False, x32, y.astype(np.float32), k,
-                                f"model returned {y.size} outputs, property has {prop.n_outputs}")
-        # float models return float32; a double model's output is kept as it is (never rounded)
+                                f"model returned {y.size} outputs, property has {prop.n_outputs}",
+                                precision=precision)
+        # float models return float32; a double output is kept as it is (never rounded)
         y32 = y if y.dtype == np.float64 else y.astype(np.float32)
         if not np.all(np.isfinite(y32)):
-            last = ReplayResult(False, x32, y32, k, "model output contains NaN or inf")
+            last = ReplayResult(False, x32, y32, k, "model output contains NaN or inf",
+                                precision=precision)
             continue
         m = case_margins(case, y32)
         margin = float(np.min(m))
         if _violates(case, y32, m):
-            return ReplayResult(True, x32, y32, k, "", margin)
-        last = ReplayResult(False, x32, y32, k,
-                            f"case {k}: float32 output is safe (margin {margin:.6g} > 0)", margin)
+            return ReplayResult(True, x32, y32, k, "", margin, precision)
+        last = ReplayResult(False, x32, y32, k, f"case {k}: {precision} output is safe (margin "
+                                                f"{margin:.6g} > 0)", margin, precision)
     return last

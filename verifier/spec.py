@@ -21,7 +21,7 @@ import numpy as np
 from .config import OptionsError
 
 __all__ = ["SpecError", "Box", "Conjunction", "Case", "Property", "robustness_property",
-           "input_vector", "check_norm", "distance"]
+           "input_vector", "check_norm", "distance", "check_order_only"]
 
 
 class SpecError(ValueError):
@@ -316,3 +316,27 @@ def distance(a, b, norm: str) -> float:
     exact = max(d, default=Fraction(0)) if norm == "inf" else sum(d, Fraction(0))
     f = float(exact)
     return f if Fraction(f) >= exact else float(np.nextafter(f, np.inf))
+
+
+def check_order_only(prop: Property, groups: np.ndarray, what: str) -> None:
+    """Refuse (``SpecError``) a property that is not decided by the order of outputs within each
+    group alone.  Accepted rows: ``a*(y_i - y_j) <= 0`` with ``a != 0`` and ``i``, ``j`` in one group,
+    and rows without outputs (``0 <= d``, true or false whatever the outputs).  ``what`` names the
+    dropped map for the message, e.g. "the output Softmax (prob)".
+
+    Why exactly these: a map that is strictly increasing in each value of a group, with the others
+    fixed and shared (softmax), keeps ``y_i <= y_j`` iff ``s_i <= s_j`` -- and nothing else: a
+    constant threshold ``s_i <= 0.5`` or a weighted sum ``s_1 + s_2 <= 2 s_3`` depends on the map."""
+    groups = np.asarray(groups).reshape(-1)
+    for k, case in enumerate(prop.cases):
+        for conj in case.unsafe:
+            for C, d in zip(conj.C, conj.d):
+                nz = np.flatnonzero(C)
+                if nz.size == 0 or (nz.size == 2 and C[nz[0]] == -C[nz[1]] and d == 0.0
+                                    and groups[nz[0]] == groups[nz[1]]):
+                    continue
+                terms = " ".join(f"{C[j]:+g}*Y_{j}" for j in nz[:4]) + (" ..." if nz.size > 4
+                                                                         else "")
+                raise SpecError(f"the graph leaves out {what}, so a property may only compare "
+                                f"two of its outputs (Y_i <= Y_j); box {k} has the constraint "
+                                f"{terms} <= {d:g}")

@@ -526,20 +526,11 @@ def run_case(case: Case, method: str, folder: Path, timeout: float = 10.0):
 # --------------------------------------------------------------------------------------------
 REDUCED = cases("reduced")
 
-# Answers this suite caught that are wrong today, in code other engineers are rewriting; each is a
-# strict xfail, so the test fails (XPASS) once the bug is fixed and its entry must go.
-KNOWN_BUGS = {
-    ("pocket 4-D scale 1e12", "milp"):
-        "MILP with big-M ~1e15 (first-layer weights ~1e15): HiGHS stops at 'cutoff' with 0 "
-        "nodes and the pipeline answers verified; a counterexample exists (solvers/encode)",
-    ("weights x1e+15 then /1e+15, eps 0.2", "lp"):
-        "HiGHS rejects LP rows with |coefficient| >= 1e15: RuntimeError, an internal error "
-        "(bounds/lp)",
-    **{("whole box: 0 <= 1", m):
-       "a conjunction without rows (an always-true constant comparison) crashes the bound "
-       "ladder: min() of an empty margin array, an internal error (bounds/ladder.py)"
-       for m in ("bounds", "lp", "milp")},
-}
+# Answers this suite catches that are wrong today, each a strict xfail (so the test fails once the
+# bug is fixed and its entry must go).  None open: the three it found (the MILP trusted with
+# coefficients of 1e15, HiGHS refusing LP rows beyond 1e15, conjunctions without rows crashing the
+# ladder) are fixed (solvers/case.unsafe_numbers, bounds/lp, bounds/ladder).
+KNOWN_BUGS: dict = {}
 
 
 def _params():
@@ -604,7 +595,6 @@ def test_the_suite_is_not_vacuous(name, method, expected, folder):
     assert run_case(case, method, folder, timeout=5.0)[0] == expected
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 2: float32 certificates")
 def test_float32_execution_tie_is_never_verified(tmp_path):
     """h = relu(1e8 x), y = (h + 1, h): margin 1 in real arithmetic, but in float32 1e8 + 1 = 1e8,
     so every input near x = 1 ties: the model as it runs is not robust."""

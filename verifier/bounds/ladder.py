@@ -63,7 +63,8 @@ class Ladder:
         return lo[0], hi[0]
 
     def proved(self) -> bool:
-        return self.margins[0] is not None and bool(self.margins[0].min() > 0)
+        m = self.margins[0]
+        return m is not None and m.size > 0 and bool(m.min() > 0)
 
     def bounds(self) -> Bounds:
         if self.C is not None:
@@ -105,7 +106,7 @@ class Ladder:
     def _optimised(self, extra: dict, end: float | None):
         """Slopes for the margins; if that does not prove them and time is left, slopes for the
         intermediate bounds too (node by node), then for the margins again."""
-        if self.C is None or self.alpha_steps <= 0 or self.proved():
+        if self.C is None or self.C.shape[0] == 0 or self.alpha_steps <= 0 or self.proved():
             return None
         eng, dom, C, d, steps = self.eng, self.dom, self.C, self.d, self.alpha_steps
         proved = lambda lb: bool(lb.min() > 0)

@@ -29,6 +29,7 @@ import numpy as np
 from ..encode import encode_network, support
 from ..graph import MaxPool
 from ..solvers import DualBound, mip_tolerance
+from ..solvers.case import unsafe_numbers
 from ..solvers.highs import Session
 from ..fp import absmax, down, gamma, up
 from .engine import Domains, Engine
@@ -138,9 +139,17 @@ def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool 
                                              for j in node.inputs})
     model = encode_network(eng.graph, (lower, upper), _Box(lower[0], upper[0]), keep=keep,
                            slack=_slack(eng, dom), binaries=milp)
-    milp = milp and model.n_binaries > 0        # no binaries: an LP, bounded from its duals
+    # no binaries, or numbers HiGHS's MIP answers cannot be trusted with: an LP, bounded from its
+    # duals (weak duality holds whatever the solver's numerics)
+    milp = milp and model.n_binaries > 0 and unsafe_numbers(model) is None
+    if not milp and model.n_binaries:
+        model = model.relaxed()
     db = None if milp else DualBound(model)
-    sess = Session(model)
+    try:
+        sess = Session(model)
+    except RuntimeError:                        # HiGHS refuses coefficients beyond 1e15
+        cnt["rejected"] = cnt.get("rejected", 0) + 1
+        return lo, hi
     cnt["lp_rows_max"] = max(cnt.get("lp_rows_max", 0), model.n_rows)
     cnt["lp_cols_max"] = max(cnt.get("lp_cols_max", 0), model.n_cols)
     colmag = absmax(model.lb, model.ub)
@@ -251,7 +260,10 @@ def lp_margin_bounds(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray,
     model = encode_network(eng.graph, (lower, upper), _Box(lower[0], upper[0]), keep=keep,
                            slack=_slack(eng, dom), binaries=False)
     db = DualBound(model)
-    sess = Session(model)
+    try:
+        sess = Session(model)
+    except RuntimeError:                        # HiGHS refuses coefficients beyond 1e15
+        return out_lo, out_hi
     V = model.vars[t]
     for sign in ((1.0, -1.0) if upper_too else (1.0,)):
         for r in range(C.shape[0]):

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..encode import (disjunction_objective, encode_network, prune_conjunctions, start_vector,
                       violation, _as_bounds)
+from .highs import MIP_TOL, PRIMAL_TOL      # HiGHS's feasibility tolerances, set for every solve
 from .result import CaseResult, SolveResult
 
 
@@ -40,9 +41,65 @@ def solve_model(model, backend: str = "highs", **kw) -> SolveResult:
     raise ValueError(f"unknown solver back end {backend!r}")
 
 
+# Beyond these magnitudes HiGHS's MIP answers were measured to be wrong (the soundness suite's
+# nets with weights of 1e11 and more: "cutoff" with a counterexample of margin -8.8), and entries
+# below HiGHS's small_matrix_value (1e-12) are dropped from the model: such a model proves nothing
+MAX_ENTRY = 1e8
+MIN_ENTRY = 1e-10
+
+
+def unsafe_numbers(model) -> str | None:
+    """Why ``model``'s numbers are outside the range the MILP's answers can be trusted in, or
+    None: every matrix entry and finite bound at most ``MAX_ENTRY`` in magnitude, every nonzero
+    entry at least ``MIN_ENTRY``."""
+    v = np.abs(model.A.data)
+    v = v[v > 0]
+    if v.size and v.max() > MAX_ENTRY:
+        return f"a constraint coefficient of {v.max():.3g} (above {MAX_ENTRY:g})"
+    if v.size and v.min() < MIN_ENTRY:
+        return f"a constraint coefficient of {v.min():.3g} (below {MIN_ENTRY:g})"
+    for what, arr in (("column bound", np.concatenate([model.lb, model.ub])),
+                      ("row bound", np.concatenate([model.rl, model.ru]))):
+        a = np.abs(arr[np.isfinite(arr)])
+        if a.size and a.max() > MAX_ENTRY:
+            return f"a {what} of {a.max():.3g} (above {MAX_ENTRY:g})"
+    return None
+
+
 def tolerance(model, tol: float | None = None) -> float:
     """The slack ``tau`` a solver bound must clear to count (see the module docstring)."""
     return float(tol) if tol is not None else mip_tolerance(float(model.scale))
+
+
+
+
+def encoding_slack(graph, lower: list, upper: list, rows) -> float:
+    """How far below the true minimum of any row of ``C y - d`` (``rows``: the stacked ``C``) a
+    MILP optimum can sit when HiGHS keeps only to its tolerances: each Linear row off by
+    ``PRIMAL_TOL (1 + |A| m + |b|)``, each unstable ReLU's binary off 0/1 by ``MIP_TOL``, which
+    lets its big-M rows move the neuron by ``MIP_TOL max(|l|, |u|)`` (max-pool windows likewise by
+    ``MIP_TOL`` times their big-M); the deviations pass through ``|A|`` to the output.  Tiny for
+    ordinary nets (about 1e-7 on mnist_fc), large where big-M constants are huge (weights of
+    1e11 and more, where HiGHS's answers were measured to be wrong): then nothing is proved."""
+    from ..fp import absmax
+    nodes = graph.nodes
+    e = [np.full(nodes[0].size, PRIMAL_TOL * (1.0 + absmax(lower[0], upper[0])))]
+    for i in range(1, len(nodes)):
+        n = nodes[i]
+        m = absmax(lower[i], upper[i])
+        if n.affine:
+            v = PRIMAL_TOL * (1.0 + n.absimg([absmax(lower[j], upper[j]) for j in n.inputs]))
+            for k, j in enumerate(n.inputs):
+                v = v + np.asarray(n.abs_mat(k) @ e[j])
+            e.append(v)
+        else:
+            j = n.inputs[0]
+            mj = absmax(lower[j], upper[j])
+            moved = n.error_bound(e[j] + MIP_TOL * np.where((lower[j] < 0) & (upper[j] > 0),
+                                                            mj, 0.0))
+            e.append(moved + PRIMAL_TOL * (1.0 + m))
+    C = np.atleast_2d(np.asarray(rows, np.float64))
+    return float((np.abs(C) @ e[graph.output]).max(initial=0.0) * 1.01)
 
 
 def mip_tolerance(scale: float) -> float:
@@ -116,6 +173,15 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
         stats["time_encode"] = time.perf_counter() - t0
         return CaseResult("verified", dropped_lower, None, None, stats)
     net = encode_network(graph, (lower, upper), case.box)
+    why = unsafe_numbers(net)
+    if why is not None:
+        stats["message"] = f"the MILP is not solved: {why}; HiGHS's answer would prove nothing"
+        stats["time_encode"] = time.perf_counter() - t0
+        return CaseResult("unknown", float(min(lw.min(initial=np.inf), dropped_lower)), None,
+                          None, stats)
+    # the solver's own tolerances, through the encoding: part of every tau below
+    enc = encoding_slack(graph, lower, upper, np.vstack([np.atleast_2d(conjs[j].C) for j in kept]))
+    stats["encoding_slack"] = enc
     if relax:
         groups = [[j] for j in sorted(kept, key=lambda j: lw[j])]
     elif mode == "joint":
@@ -129,7 +195,12 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
     for gi, g in enumerate(groups):
         t1 = time.perf_counter()
         model = disjunction_objective(net, [conjs[j] for j in g], lower[out], upper[out], node=out)
-        tau = tolerance(model, tol)
+        why = unsafe_numbers(model)
+        if why is not None:                         # the objective's rows and big-M constants
+            stats["message"] = f"the MILP is not solved: {why}; HiGHS's answer would prove nothing"
+            lows.append(-np.inf)
+            break
+        tau = tolerance(model, tol) + enc
         stats["tau"] = tau if stats["tau"] is None else max(stats["tau"], tau)
         z0 = start_vector(model, graph, start) if start is not None else None
         # cheap guard against unsound bounds (or an encoder bug): the forward pass at the box

@@ -35,12 +35,18 @@ import numpy as np
 from .dual import lp_dual_bound
 from .result import SolveResult
 
+PRIMAL_TOL = MIP_TOL = 1e-9       # HiGHS feasibility tolerances (see case.encoding_slack)
+
 _OPTIONS = {
     "output_flag": False,
     "threads": 1,
     "random_seed": 0,
     "presolve_rule_off": 16384,
     "small_matrix_value": 1e-12,
+    # tighter than HiGHS's 1e-7 / 1e-6: a binary 1e-6 off 0/1 lets a big-M row move its neuron
+    # by 1e-6 M, which ``case.encoding_slack`` must charge to every MILP proof
+    "primal_feasibility_tolerance": PRIMAL_TOL,
+    "mip_feasibility_tolerance": MIP_TOL,
 }
 
 

@@ -297,6 +297,7 @@ def _instances(args) -> int:
         s = run_instances(args.instances, jobs=args.jobs, out=out, resume=args.resume,
                           plot=args.plot, scheduler=args.scheduler,
                           method=args.method or "auto", timeout=args.timeout,
+                          arithmetic=args.arithmetic,
                           progress=sys.stderr.isatty(), json_lines=args.json)
     print(s.table(), file=sys.stderr if args.json else sys.stdout)
     return 1 if s.wrong else 0

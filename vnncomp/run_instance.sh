@@ -34,9 +34,14 @@ fi
 echo "run_instance.sh: $CATEGORY $ONNX_FILE $VNNLIB_FILE: verifier deadline $SOFT s, hard kill at $HARD s" >&2
 
 rm -f "$RESULTS_FILE"
+# VNN-COMP's unsat answers are about real arithmetic (the field's tools and the expected answers
+# prove that), so proofs here are real-arithmetic ones; VERIFIER_ARITHMETIC=float32 asks for the
+# model as onnxruntime runs it instead.  A sat answer is always a float32 point replayed in
+# onnxruntime (or float64 where the box holds no float32 point).
 # GNU timeout runs verify in a process group of its own and kills the whole group
 timeout --signal=KILL "$HARD" "$VENV/bin/verify" "$ONNX_FILE" --vnnlib "$VNNLIB_FILE" \
-    --timeout "$SOFT" --results-file "$RESULTS_FILE" < /dev/null &
+    --timeout "$SOFT" --arithmetic "${VERIFIER_ARITHMETIC:-real}" \
+    --results-file "$RESULTS_FILE" < /dev/null &
 tpid=$!
 echo "$$ $tpid" > "$PIDFILE"         # for prepare_instance.sh, should this script be killed
 wait "$tpid"

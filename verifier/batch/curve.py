@@ -147,7 +147,8 @@ class _Run:
 
     def task(self, s: _Sample, k: int) -> dict:
         kw = {"x": s.x, "label": s.label, "eps": self.eps[k], "domain": list(self.domain),
-              "timeout": self.options.timeout, "method": self.options.method}
+              "timeout": self.options.timeout, "method": self.options.method,
+              "arithmetic": self.options.arithmetic}
         return {"args": [self.net.source], "kwargs": kw, "timeout": self.options.timeout,
                 "group": self.net.source}
 

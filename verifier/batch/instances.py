@@ -33,12 +33,15 @@ class Instance:
     def key(self) -> tuple[str, str]:
         return (self.onnx, self.vnnlib)
 
-    def task(self, method: str, timeout: float | None = None) -> dict:
+    def task(self, method: str, timeout: float | None = None,
+             arithmetic: str | None = None) -> dict:
         """What a worker runs (see ``worker``): ``runner(onnx_path, vnnlib_path, timeout=,
-        method=)`` with a hard limit of ``timeout`` plus the grace."""
+        method=[, arithmetic=])`` with a hard limit of ``timeout`` plus the grace."""
         t = float(timeout or self.timeout)
-        return {"args": [self.onnx_path, self.vnnlib_path],
-                "kwargs": {"timeout": t, "method": method},
+        kwargs = {"timeout": t, "method": method}
+        if arithmetic is not None:
+            kwargs["arithmetic"] = arithmetic
+        return {"args": [self.onnx_path, self.vnnlib_path], "kwargs": kwargs,
                 "timeout": t, "group": self.onnx_path}
 
 

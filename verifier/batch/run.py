@@ -32,7 +32,7 @@ def run_instances(instances_csv, *, jobs: int | None = None, out=None, resume: b
                   plot=None, scheduler: str | None = None, method: str = "auto",
                   timeout: float | None = None, grace: float = DEFAULT_GRACE,
                   progress: bool = True, json_lines: bool = False,
-                  runner: str = DEFAULT_RUNNER) -> Summary:
+                  runner: str = DEFAULT_RUNNER, arithmetic: str | None = None) -> Summary:
     """Run every instance of ``instances_csv`` and append one row each to ``out``.
 
     jobs: local worker processes (default: the usable cores); ignored with ``scheduler``.
@@ -42,6 +42,7 @@ def run_instances(instances_csv, *, jobs: int | None = None, out=None, resume: b
     scheduler: ``tcp://host:port`` of a Dask scheduler: run there instead of locally.
     timeout: override every instance's timeout (seconds); hard limit = timeout + ``grace``.
     json_lines: print one JSON object per finished instance on stdout.
+    arithmetic: what ``verified`` covers (``Options.arithmetic``; default float32).
     runner: the per-instance function, ``module:function`` or ``file.py:function``.
     Every option is checked before any work.  Raises ``BatchError`` (bad files/options) or
     ``WorkerError`` (workers cannot start).
@@ -80,7 +81,7 @@ def run_instances(instances_csv, *, jobs: int | None = None, out=None, resume: b
                 prog.write(json_line(row, {"onnx": inst.onnx, "vnnlib": inst.vnnlib}))
             prog.advance()
 
-        pairs = [(i, i.task(method, timeout)) for i in todo]
+        pairs = [(i, i.task(method, timeout, arithmetic)) for i in todo]
         try:
             if pairs and scheduler:
                 from .cluster import run_dask

@@ -40,19 +40,21 @@ def _load_timeout(timeout: float) -> Certificate:
     return Certificate("timeout", timeout, method="load")
 
 
-def verify_instance(onnx_path: str, vnnlib_path: str, *, timeout: float, method: str = "auto"):
+def verify_instance(onnx_path: str, vnnlib_path: str, *, timeout: float, method: str = "auto",
+                    arithmetic: str = "float32"):
     """``api.verify_vnnlib`` on one instance of an instances file."""
     net, left = _loaded(onnx_path, timeout)
     if left is None:
         return _load_timeout(timeout)
-    return api.verify_vnnlib(net, vnnlib_path, options=api.Options(timeout=left, method=method))
+    return api.verify_vnnlib(net, vnnlib_path, options=api.Options(
+        timeout=left, method=method, arithmetic=arithmetic))
 
 
 def verify_sample(onnx_path: str, *, x, label: int, eps: float, domain, timeout: float,
-                  method: str = "auto"):
+                  method: str = "auto", arithmetic: str = "float32"):
     """``api.verify`` on one sample of a data set at one ε (a point of a robustness curve)."""
     net, left = _loaded(onnx_path, timeout)
     if left is None:
         return _load_timeout(timeout)
     return api.verify(net, x, label, eps, domain=domain,
-                      options=api.Options(timeout=left, method=method))
+                      options=api.Options(timeout=left, method=method, arithmetic=arithmetic))

@@ -6,8 +6,8 @@
     cert.status, cert.margin_lower, cert.counterexample, cert.to_json()
     verifier.verify_vnnlib("model.onnx", "prop.vnnlib", timeout=60)
 """
-from .api import load, min_distortion, robustness_curve, verify, verify_vnnlib
-from .batch import run_instances
+from .api import load, min_distortion, verify, verify_vnnlib
+from .batch import robustness_curve, run_instances
 from .certificate import Certificate
 from .check import check_certificate
 from .config import Options

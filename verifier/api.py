@@ -146,49 +146,6 @@ def verify_property(net: Graph, prop: Property, options: Options, progress=None)
         return run(net, prop, options, progress)
 
 
-def robustness_curve(model, xs, ys, eps, *, domain=(0.0, 1.0), timeout: float | None = None,
-                     method: str | None = None, options: Options | None = None, jobs: int = 1,
-                     out=None, resume: bool = False, plot=None, progress: bool = False,
-                     on_row=None, on_sample=None, dataset_path=None):
-    """Verify every sample ``xs[i]`` (any shape holding the model's input size, inside
-    ``domain``) with label ``ys[i]`` at every L∞ radius in ``eps``, and return the table
-    (``batch.curve_table.RobustnessCurve``): per ε the verified / falsified / undecided counts,
-    certified robust accuracy (verified: a lower bound), empirical robust accuracy (not falsified:
-    an upper bound), and the clean accuracy.
-
-    Each answer is a ``verify`` answer with the same guarantees; answers implied by nested boxes
-    (verified at ε: also at smaller ε; falsified at ε: also at larger) are not run again.  The
-    samples run in ``jobs`` warm worker processes, each property with a hard limit of its timeout
-    + 5 s.  ``out``: a results CSV, one row per (sample, ε), continued by ``resume``; ``plot``: an
-    image of the curves (matplotlib); ``progress``: a bar on stderr; ``on_row(index, eps, row)``
-    for every answer as it comes, ``on_sample(index, label, statuses)`` once a sample has all;
-    ``dataset_path``: where ``xs``/``ys`` came from (for the title, and never overwritten).  ``model`` is a path or a graph loaded from a file (the workers load
-    it again)."""
-    from .batch.checks import check_run_options
-    from .batch.curve import run_curve
-    options = _options(options, timeout, method)
-    check_run_options(options.method, options.timeout, jobs)
-    net = _graph(model)
-    if getattr(net, "source", None) is None:
-        raise OptionsError("robustness_curve runs in worker processes that load the model from "
-                           "its file: pass the model's path (or a graph from verifier.load)")
-    domain = check_domain(domain)
-    eps = sorted({check_eps(e) for e in np.atleast_1d(np.asarray(eps, dtype=object))})
-    if not eps:
-        raise OptionsError("eps: give at least one radius")
-    if len(xs) != len(ys):
-        raise SpecError(f"the data set has {len(xs)} samples but {len(ys)} labels")
-    if len(xs) == 0:
-        raise SpecError("the data set has no samples")
-    flat = [input_vector(x, net.n_inputs, domain, net.input_shape) for x in xs]
-    labels = [int(y) if float(y) == int(y) else y for y in ys]
-    for x, y in zip(flat, labels):          # every label checked before any work
-        robustness_property(x, y, 0.0, domain, n_outputs=net.n_outputs)
-    return run_curve(net, flat, labels, eps, domain=domain, options=options, jobs=jobs, out=out,
-                     resume=resume, plot=plot, progress=progress, on_row=on_row,
-                     on_sample=on_sample, dataset_path=dataset_path)
-
-
 # --------------------------------------------------------------------------------------------
 # MILP export
 # --------------------------------------------------------------------------------------------

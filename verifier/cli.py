@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import api
+from .batch import robustness_curve
 from .check import check_certificate
 from .certificate import Certificate, certificate_record, file_entry, vnncomp_result, \
     write_certificate
@@ -499,11 +500,11 @@ def _dataset(args, options) -> int:
     eps = sorted(set(args.eps_all))
     show = _SampleLines(eps, args.json)
     with _resumable(args.out) if args.out else contextlib.nullcontext():
-        curve = api.robustness_curve(net, xs, ys, eps, domain=args.domain, options=options,
-                                     jobs=1 if args.jobs is None else args.jobs,
-                                     out=args.out, resume=args.resume, plot=args.plot,
-                                     progress=sys.stderr.isatty(), on_row=show.row,
-                                     on_sample=show.sample, dataset_path=args.dataset)
+        curve = robustness_curve(net, xs, ys, eps, domain=args.domain, options=options,
+                                 jobs=1 if args.jobs is None else args.jobs,
+                                 out=args.out, resume=args.resume, plot=args.plot,
+                                 progress=sys.stderr.isatty(), on_row=show.row,
+                                 on_sample=show.sample, dataset_path=args.dataset)
     if len(eps) > 1:
         print(curve.table(), file=sys.stderr if args.json else sys.stdout)
     elif not args.json:

@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..api import load
 from ..certificate import file_sha256
+from ..config import Options, OptionsError, check_domain, check_eps
+from ..graph import Graph
 from ..replay import replay, run_model
-from ..spec import robustness_property
-from .checks import check_outputs
+from ..spec import SpecError, input_vector, robustness_property
+from .checks import check_outputs, check_run_options
 from .curve_table import RobustnessCurve
 from .local import run_local
 from .progress import Progress
@@ -209,7 +212,7 @@ def run_curve(net, xs, ys, eps, *, domain, options, jobs: int = 1, out=None,
               on_sample=None, grace: float = 5.0, dataset_path=None) -> RobustnessCurve:
     """Verify sample ``i`` = (``xs[i]``, label ``ys[i]``) of the loaded ``net`` (which has a
     ``source`` file) at every ``eps`` (sorted, distinct), and return the table.  The inputs are
-    validated by the caller (``api.robustness_curve``).  ``on_row(index, eps, row)`` is called
+    validated by the caller (``robustness_curve``).  ``on_row(index, eps, row)`` is called
     for every row this call makes (not for rows resumed from ``out``), ``on_sample(index, label,
     statuses)`` when this call answers a sample's last ε."""
     t0 = time.monotonic()
@@ -254,3 +257,44 @@ def run_curve(net, xs, ys, eps, *, domain, options, jobs: int = 1, out=None,
         from .plots import plot_curve
         plot_curve(curve, plot)
     return curve
+
+
+def robustness_curve(model, xs, ys, eps, *, domain=(0.0, 1.0), timeout: float | None = None,
+                     method: str | None = None, options: Options | None = None, jobs: int = 1,
+                     out=None, resume: bool = False, plot=None, progress: bool = False,
+                     on_row=None, on_sample=None, dataset_path=None):
+    """Verify every sample ``xs[i]`` (any shape holding the model's input size, inside
+    ``domain``) with label ``ys[i]`` at every L∞ radius in ``eps``, and return the table
+    (``curve_table.RobustnessCurve``): per ε the verified / falsified / undecided counts,
+    certified robust accuracy (verified: a lower bound), empirical robust accuracy (not falsified:
+    an upper bound), and the clean accuracy.
+
+    Each answer is a ``verify`` answer with the same guarantees; answers implied by nested boxes
+    (verified at ε: also at smaller ε; falsified at ε: also at larger) are not run again.  The
+    samples run in ``jobs`` warm worker processes, each property with a hard limit of its timeout
+    + 5 s.  ``out``: a results CSV, one row per (sample, ε), continued by ``resume``; ``plot``: an
+    image of the curves (matplotlib); ``progress``: a bar on stderr; ``on_row(index, eps, row)``
+    for every answer as it comes, ``on_sample(index, label, statuses)`` once a sample has all;
+    ``dataset_path``: where ``xs``/``ys`` came from (for the title, and never overwritten).  ``model`` is a path or a graph loaded from a file (the workers load
+    it again)."""
+    options = (options or Options()).override(timeout=timeout, method=method)
+    check_run_options(options.method, options.timeout, jobs)
+    net = model if isinstance(model, Graph) else load(model)
+    if getattr(net, "source", None) is None:
+        raise OptionsError("robustness_curve runs in worker processes that load the model from "
+                           "its file: pass the model's path (or a graph from verifier.load)")
+    domain = check_domain(domain)
+    eps = sorted({check_eps(e) for e in np.atleast_1d(np.asarray(eps, dtype=object))})
+    if not eps:
+        raise OptionsError("eps: give at least one radius")
+    if len(xs) != len(ys):
+        raise SpecError(f"the data set has {len(xs)} samples but {len(ys)} labels")
+    if len(xs) == 0:
+        raise SpecError("the data set has no samples")
+    flat = [input_vector(x, net.n_inputs, domain, net.input_shape) for x in xs]
+    labels = [int(y) if float(y) == int(y) else y for y in ys]
+    for x, y in zip(flat, labels):          # every label checked before any work
+        robustness_property(x, y, 0.0, domain, n_outputs=net.n_outputs)
+    return run_curve(net, flat, labels, eps, domain=domain, options=options, jobs=jobs, out=out,
+                     resume=resume, plot=plot, progress=progress, on_row=on_row,
+                     on_sample=on_sample, dataset_path=dataset_path)

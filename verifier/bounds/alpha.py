@@ -42,54 +42,74 @@ def initial(eng: Engine, dom: Domains, k: int) -> dict:
 
 def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int = 20,
              lr: float = 0.25, deadline: float | None = None, start: dict | None = None,
-             done=None, node: int | None = None) -> AlphaResult:
+             done=None, node: int | None = None, beta: bool = False) -> AlphaResult:
     """Optimise the slopes for lower bounds of ``C @ y - d`` (``y`` the output) on every domain of
     ``dom`` (whose intermediate bounds must be computed, e.g. by ``Engine.bound``).  ``start``:
-    initial slopes (e.g. a parent domain's); default CROWN's.  ``done(lower) -> bool`` stops early
-    (e.g. once every domain is proved).  Stops after ``steps`` iterations or at ``deadline``
-    (``time.perf_counter()`` time).  ``node``: bound ``C @ v_node - d`` of that node instead of
-    the output (intermediate bounds)."""
+    initial slopes (and multipliers), e.g. a parent domain's; default CROWN's.  ``done(lower) ->
+    bool`` stops early (e.g. once every domain is proved).  Stops after ``steps`` iterations or at
+    ``deadline`` (``time.perf_counter()`` time).  ``node``: bound ``C @ v_node - d`` of that node
+    instead of the output (intermediate bounds).  ``beta``: also optimise a multiplier >= 0 per
+    fixed ReLU phase of each domain (beta-CROWN, Wang et al. 2021: the split constraints enter the
+    bound; any multiplier >= 0 is valid).  The result's ``alpha`` holds both, multipliers under
+    ``("beta", node)``."""
     t0 = time.perf_counter()
     C = np.atleast_2d(np.asarray(C, np.float64))
     d = np.asarray(d, np.float64).ravel()
     k = C.shape[0]
     t = eng.graph.output if node is None else node
-    alpha = initial(eng, dom, k) if start is None else {i: v.copy() for i, v in start.items()}
-    alpha = {i: v for i, v in alpha.items() if i < t}
+    params = initial(eng, dom, k)
+    if beta:
+        for i, ph in dom.phase.items():
+            if i < t and (ph != 0).any():
+                params[("beta", i)] = np.zeros((dom.B, k, ph.shape[1]))
+    if start is not None:
+        params.update({i: v.copy() for i, v in start.items() if i in params
+                       and v.shape == params[i].shape})
+    params = {i: v for i, v in params.items() if _node(i) < t}
     best = eng.margins(dom, C, d) if node is None else eng.objective(dom, t, C, -d)[0]
-    best_alpha = {i: v.copy() for i, v in alpha.items()}
-    if not alpha:
-        return AlphaResult(best, best_alpha, 0, time.perf_counter() - t0)
-    m1 = {i: np.zeros_like(v) for i, v in alpha.items()}
-    m2 = {i: np.zeros_like(v) for i, v in alpha.items()}
+    best_params = {i: v.copy() for i, v in params.items()}
+    if not params:
+        return AlphaResult(best, best_params, 0, time.perf_counter() - t0)
+    m1 = {i: np.zeros_like(v) for i, v in params.items()}
+    m2 = {i: np.zeros_like(v) for i, v in params.items()}
     b1, b2, eps = 0.9, 0.999, 1e-8
+
+    def evaluate(grad: bool):
+        alpha = {i: v for i, v in params.items() if not isinstance(i, tuple)}
+        betas = {i[1]: v for i, v in params.items() if isinstance(i, tuple)} or None
+        return eng.objective(dom, t, C, -d, alpha=alpha, beta=betas, grad=grad)
+
+    def keep_best(lb):
+        nonlocal best
+        better = lb > best
+        if better.any():
+            best = np.maximum(best, lb)
+            for i in params:
+                best_params[i] = np.where(better[:, :, None], params[i], best_params[i])
+
     it = 0
     while it < steps and not (done is not None and done(best)):
         if deadline is not None and time.perf_counter() > deadline:
             break
         it += 1
-        lb, _, grads, _ = eng.objective(dom, t, C, -d, alpha=alpha, grad=True)
-        better = lb > best
-        if better.any():
-            best = np.maximum(best, lb)
-            for i in alpha:
-                best_alpha[i] = np.where(better[:, :, None], alpha[i], best_alpha[i])
+        lb, _, grads, _ = evaluate(True)
+        keep_best(lb)
         step = lr * (0.98 ** it)
         for i, g in grads.items():
-            if i not in alpha:
+            if i not in params:
                 continue
             m1[i] = b1 * m1[i] + (1 - b1) * g
             m2[i] = b2 * m2[i] + (1 - b2) * g * g
             mh, vh = m1[i] / (1 - b1 ** it), m2[i] / (1 - b2 ** it)
-            alpha[i] = np.clip(alpha[i] + step * mh / (np.sqrt(vh) + eps), 0.0, 1.0)
+            v = params[i] + step * mh / (np.sqrt(vh) + eps)
+            params[i] = np.maximum(v, 0.0) if isinstance(i, tuple) else np.clip(v, 0.0, 1.0)
     if it and not (deadline is not None and time.perf_counter() > deadline):
-        lb, _ = eng.objective(dom, t, C, -d, alpha=alpha)
-        better = lb > best
-        if better.any():
-            best = np.maximum(best, lb)
-            for i in alpha:
-                best_alpha[i] = np.where(better[:, :, None], alpha[i], best_alpha[i])
-    return AlphaResult(best, best_alpha, it, time.perf_counter() - t0)
+        keep_best(evaluate(False)[0])
+    return AlphaResult(best, best_params, it, time.perf_counter() - t0)
+
+
+def _node(key) -> int:
+    return key[1] if isinstance(key, tuple) else key
 
 
 def tighten_intermediate(eng: Engine, dom: Domains, steps: int = 20, lr: float = 0.25,

@@ -157,7 +157,8 @@ class _Sub:
         n = node.size
         self.slack += bdot(np.abs(L), dom.fwd[i][bs] + gamma(n) * dom.absimg[i][bs] + n * TINY)
 
-    def relaxed(self, i: int, L: np.ndarray, alpha: np.ndarray | None) -> None:
+    def relaxed(self, i: int, L: np.ndarray, alpha: np.ndarray | None,
+                beta: np.ndarray | None = None) -> None:
         node = self.eng.nodes[i]
         j = node.inputs[0]
         R = self.eng.relaxation(self.dom, i, alpha, self.bs)
@@ -185,6 +186,13 @@ class _Sub:
                 if lo_s.ndim == 3 and alpha is not None:
                     frac = (lo_s > 0) & (lo_s < 1)
                     self.slack += gamma(1) * np.einsum("bkn,bkn->bk", Lp, lo_s * frac * m[:, None, :])
+            if beta is not None:
+                # beta-CROWN: a split s z >= 0 (s = +1 active, -1 inactive, beta >= 0) adds
+                # -beta s z, which is <= 0 on the domain: a lower bound of the objective minus it
+                # bounds the objective.  Only the subtraction rounds (beta s is exact).
+                sgn = self.dom.phase[i][self.bs]
+                P = P - np.maximum(beta, 0.0) * sgn[:, None, :]
+                self.slack += gamma(1) * bdot(np.abs(P) * (sgn != 0)[:, None, :], m)
             self.add_coef(j, P)
         else:                       # several entries may select the same input: sums of <= n terms
             mx = np.take_along_axis(m, R.select, axis=1)
@@ -193,7 +201,7 @@ class _Sub:
         if self.tape is not None:
             self.tape[i] = (L, R)
 
-    def run(self, start: int, alpha: dict | None) -> None:
+    def run(self, start: int, alpha: dict | None, beta: dict | None = None) -> None:
         for i in range(start, 0, -1):
             L = self.lam.pop(i, None)
             if L is None:
@@ -202,7 +210,8 @@ class _Sub:
             if self.eng.nodes[i].affine:
                 self.affine(i, L)
             else:
-                self.relaxed(i, L, None if alpha is None else alpha.get(i))
+                self.relaxed(i, L, None if alpha is None else alpha.get(i),
+                             None if beta is None else beta.get(i))
 
     def finish(self):
         """Sound lower bounds ``(B, k)`` of the objectives, and the input coefficients."""
@@ -404,12 +413,14 @@ class Engine:
 
     # -- objectives -------------------------------------------------------------------------------
     def objective(self, dom: Domains, t: int, L: np.ndarray, c: np.ndarray | None = None,
-                  alpha: dict | None = None, grad: bool = False):
+                  alpha: dict | None = None, grad: bool = False, beta: dict | None = None):
         """Sound lower bounds ``(B, k)`` of ``L @ v_t + c`` for every domain, given sound bounds on
         the nodes before ``t``; ``L`` is ``(k, size_t)`` or ``(B, k, size_t)``, ``c`` ``(k,)`` or
-        ``(B, k)``.  ``alpha``: lower slopes per Relu node (``(B, k, size)``, see ``ops.relu``).
-        Returns ``(lower, input coefficients (B, k, n_in))``, plus, with ``grad``, the gradient of
-        each row's bound with respect to its slopes (a dict like ``alpha``; see ``_slope_grad``)
+        ``(B, k)``.  ``alpha``: lower slopes per Relu node (``(B, k, size)``, see ``ops.relu``);
+        ``beta``: multipliers >= 0 of the domains' ReLU splits, per Relu node (same shape; used
+        only where the node's phase is fixed).  Returns ``(lower, input coefficients (B, k,
+        n_in))``, plus, with ``grad``, the gradient of each row's bound with respect to its slopes
+        and multipliers (a dict keyed like ``alpha`` and ``("beta", node)``; see ``_slope_grad``)
         and with respect to ``L`` (the relaxation's minimising value of ``v_t``, ``(B, k, size_t)``).
         Infeasible domains get ``+inf``."""
         L = np.asarray(L, np.float64)
@@ -430,13 +441,14 @@ class Engine:
             if grad:
                 sub.tape = {}
             a = None if alpha is None else {i: v[bs, rs] for i, v in alpha.items()}
+            bt = None if beta is None else {i: v[bs, rs] for i, v in beta.items()}
             sub.lam[t] = L[bs, rs]
-            sub.run(t, a)
+            sub.run(t, a, bt)
             out[bs, rs], coef[bs, rs] = sub.finish()
             if grad:
                 g_alpha, point[bs, rs] = self._slope_grad(dom, sub, t, coef[bs, rs], bs)
                 for i, g in g_alpha.items():
-                    grads.setdefault(i, np.zeros((B, k, g.shape[2])))[bs, rs] = g
+                    grads.setdefault(i, np.zeros((B, k, g.shape[-1])))[bs, rs] = g
         bad = dom.infeasible()
         if bad.any():
             out[bad] = np.inf
@@ -475,6 +487,9 @@ class Engine:
             xh[i] = np.where(pos, low, upp)
             if R.free is not None and isinstance(node, Relu):
                 grads[i] = np.where(pos & R.free[:, None, :], Li * x, 0.0)
+            sgn = dom.phase.get(i)
+            if sgn is not None and R.select is None:         # d/d beta of -beta s z: -s xh_z
+                grads[("beta", i)] = -sgn[bs][:, None, :] * x
         return grads, xh[t]
 
     def margins(self, dom: Domains, C: np.ndarray, d: np.ndarray, alpha: dict | None = None,

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--domain", nargs=2, type=float, metavar=("LO", "HI"),
                       help="valid input range around --input / --dataset (default 0 1)")
     how = p.add_argument_group("how")
-    how.add_argument("--method", default=None, help="auto|bounds|lp|milp|attack (default auto)")
+    how.add_argument("--method", default=None,
+                     help="auto|bounds|lp|milp|bab|attack (default auto)")
     how.add_argument("--arithmetic", default=None, choices=["float32", "real"],
                      help="what VERIFIED covers: float32 = the model as onnxruntime runs it "
                           "(default), real = real arithmetic")

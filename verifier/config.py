@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .fp import ARITHMETICS
 
-METHODS = ("auto", "bounds", "lp", "milp", "attack")
+METHODS = ("auto", "bounds", "lp", "milp", "bab", "attack")
 
 
 class OptionsError(ValueError):

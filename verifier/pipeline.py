@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import input_split
+from .bab import branch_and_bound
 from .attack import falsify
 from .bounds import Ladder
 from .certificate import Certificate
 from .config import Options
 from .graph import Graph
-from .replay import replay
-from .solvers import solve_case
+from .exact import solve_domain
 from .spec import Property, conjunction_max
 
 # which bound levels and whether the MILP runs, per method.  Per-neuron LP tightening is not in
@@ -35,8 +35,13 @@ _PLAN = {
     "bounds": (("symbolic", "alpha"), False),
     "lp":     (("symbolic", "alpha", "lp"), False),
     "milp":   (("symbolic", "alpha"), True),
+    "bab":    (("symbolic", "alpha"), False),
     "attack": ((), False),
 }
+_BAB_SHARE = 0.6         # in auto, ReLU branch and bound's share of the time left; the MILP gets
+                         # the rest
+_MILP_FIRST = 300        # in auto, nets with at most this many unstable ReLUs after the bounds go
+                         # straight to the MILP (HiGHS decides mnist_fc 256x2 there)
 _ALPHA_SHARE = 0.2       # at most this share of the time left goes to slope optimisation
 _LP_SHARE = 0.3          # at most this share of the time left goes to per-neuron LP tightening
 _SPLIT_SHARE = 0.6       # input splitting's share of the time left; the slowest ACAS Xu instance
@@ -105,17 +110,8 @@ def run(net: Graph, prop: Property, options: Options, progress=None) -> Certific
     return cert("verified", _strongest(methods), lower=min(lowers), upper=best_upper)
 
 
-def _float32_slack(ladder: Ladder, C: np.ndarray) -> float:
-    """How much lower any row of ``C y - d`` can be when the model runs in float32 than in real
-    arithmetic, over the case's box (``Engine.deviation``), rounded up."""
-    from .fp import gamma
-    dev = ladder.eng.deviation(ladder.dom)[ladder.graph.output][0]
-    per_row = np.abs(C) @ dev
-    return float(np.nextafter(per_row.max(initial=0.0) * (1 + gamma(C.shape[1])), np.inf))
-
-
 def _strongest(methods) -> str:
-    order = ["bounds", "lp", "split", "milp"]
+    order = ["bounds", "lp", "split", "bab", "milp"]
     return max(methods, key=order.index, default="bounds")
 
 
@@ -192,33 +188,39 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
             return _Outcome("falsified", "split", upper=r.margin_upper, x32=r.x32, y32=r.y32)
         if r.status == "verified":
             return _Outcome("verified", "split", lower=r.margin_lower, upper=r.margin_upper)
+    unstable = bounds.report.levels[-1].unstable if bounds is not None else 0
+    case_lower = float(conj_lower.min())
+    relu_bab = bounds is not None and not splits and (
+        options.method == "bab" or (options.method == "auto" and unstable > _MILP_FIRST))
+    if relu_bab:
+        share = 1.0 if options.method == "bab" else _BAB_SHARE
+        r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng,
+                             clock.deadline - (1 - share) * clock.left(), start=ladder.slopes,
+                             root_lower=bounds.margin_lower[None, :])
+        entry["bab"] = r.stats
+        progress("bab", dict(r.stats, case=k))
+        if r.status == "falsified":
+            return _Outcome("falsified", "bab", upper=r.margin_upper, x32=r.x32, y32=r.y32)
+        if r.status == "verified":
+            return _Outcome("verified", "bab", lower=r.margin_lower, upper=r.margin_upper)
+        if r.margin_lower is not None:         # the smallest bound over the open leaves
+            case_lower = max(case_lower, r.margin_lower)
     if not use_milp or bounds is None:
-        return _Outcome("unknown", "lp" if "lp" in levels else "bounds",
-                        lower=float(conj_lower.min()))
+        status = "timeout" if clock.left() <= 0 else "unknown"
+        method = "bab" if relu_bab else ("lp" if "lp" in levels else "bounds")
+        return _Outcome(status, method, lower=case_lower)
 
-    # the MILP models the network in real arithmetic: in float32 the model as it runs may be
-    # lower by up to |C| x (the float32 deviation of the output), so the MILP must prove that much
-    slack = _float32_slack(ladder, C) if options.arithmetic == "float32" else 0.0
-    result = solve_case(net, bounds, case, time_limit=max(clock.left(), 0.01), start=start,
-                        margin_lower=conj_lower, threads=options.threads, need=slack)
-    entry["milp"] = result.stats
-    progress("milp", {"case": k, "status": result.status, "binaries": result.stats.get("binaries"),
-                      "nodes": result.stats.get("nodes")})
-    milp_lower = result.margin_lower
-    if slack and np.isfinite(milp_lower):
-        entry["milp_float32_slack"] = slack
-        milp_lower = float(np.nextafter(milp_lower - slack, -np.inf))
-        if result.status == "verified" and milp_lower <= 0:
-            result.status = "unknown"
-    lower = max(float(conj_lower.min()), milp_lower)
-    if result.status == "verified":
+    # the MILP models the network in real arithmetic: in float32 it must also clear the output's
+    # float32 deviation (exact.solve_domain); a candidate counts only once replayed
+    r = solve_domain(ladder.eng, ladder.dom, case, prop.n_inputs, prop.n_outputs, clock.left(),
+                     start=start, margin_lower=conj_lower, threads=options.threads)
+    entry["milp"] = r.stats
+    progress("milp", {"case": k, "status": r.status, "binaries": r.stats.get("binaries"),
+                      "nodes": r.stats.get("nodes")})
+    lower = max(case_lower, r.lower)
+    if r.status == "falsified":
+        return _Outcome("falsified", "milp", upper=r.upper, x32=r.x32, y32=r.y32)
+    if r.status == "verified":
         return _Outcome("verified", "milp", lower=lower)
-    if result.status == "candidate" and result.x_candidate is not None:
-        r = replay(net.model_bytes, result.x_candidate, Property((case,), prop.n_inputs,
-                                                                 prop.n_outputs), project=True)
-        entry["milp_replay"] = r.reason or "ok"
-        if r.ok:
-            return _Outcome("falsified", "milp", upper=r.margin, x32=r.x32, y32=r.y32)
-        return _Outcome("unknown", "milp", lower=lower, upper=result.margin_upper)
-    status = "timeout" if result.status == "timeout" or clock.left() <= 0 else "unknown"
-    return _Outcome(status, "milp", lower=lower, upper=result.margin_upper)
+    status = "timeout" if r.status == "timeout" or clock.left() <= 0 else "unknown"
+    return _Outcome(status, "milp", lower=lower, upper=r.upper)

@@ -354,14 +354,16 @@ class Engine:
             self._set(dom, i, *self.interval_node(dom, i))
         return dom
 
-    def bound(self, dom: Domains, upto: int | None = None) -> Domains:
+    def bound(self, dom: Domains, upto: int | None = None, start: int = 1) -> Domains:
         """CROWN bounds: interval bounds first, then node by node in topological order, each needed
         node gets the interval image of its (tightened) inputs and back-substituted bounds for its
-        undecided entries.  Never looser than what ``dom`` held."""
+        undecided entries.  Never looser than what ``dom`` held.  ``start``: recompute only nodes
+        from there on (the earlier ones keep the bounds ``dom`` holds, e.g. a parent's)."""
         upto = len(self.nodes) - 1 if upto is None else upto
-        self.interval(dom, upto)
+        if start <= 1:
+            self.interval(dom, upto)
         needed = set(self.needed)
-        for i in range(1, upto + 1):
+        for i in range(max(start, 1), upto + 1):
             self._set(dom, i, *self.interval_node(dom, i))
             if i not in needed:
                 continue
@@ -491,6 +493,26 @@ class Engine:
             if sgn is not None and R.select is None:         # d/d beta of -beta s z: -s xh_z
                 grads[("beta", i)] = -sgn[bs][:, None, :] * x
         return grads, xh[t]
+
+    def coefficients(self, dom: Domains, t: int, L: np.ndarray, alpha: dict | None = None,
+                     beta: dict | None = None) -> dict:
+        """The coefficients ``(B, k, size)`` that reach each relaxed node in the back-substitution
+        of ``L @ v_t`` (e.g. to score where splitting pays): ``{node: coefficients}``."""
+        L = np.asarray(L, np.float64)
+        if L.ndim == 2:
+            L = np.broadcast_to(L, (dom.B,) + L.shape)
+        k = L.shape[1]
+        out: dict = {}
+        width = max(self.nodes[j].size for j in range(t + 1))
+        for bs, rs in self._chunks(dom.B, k, width, pair=False):
+            sub = _Sub(self, dom, bs, len(range(*rs.indices(k))))
+            sub.tape = {}
+            sub.lam[t] = L[bs, rs]
+            sub.run(t, None if alpha is None else {i: v[bs, rs] for i, v in alpha.items()},
+                    None if beta is None else {i: v[bs, rs] for i, v in beta.items()})
+            for i, (Li, _) in sub.tape.items():
+                out.setdefault(i, np.zeros((dom.B, k, Li.shape[2])))[bs, rs] = Li
+        return out
 
     def margins(self, dom: Domains, C: np.ndarray, d: np.ndarray, alpha: dict | None = None,
                 upper: bool = False, coef: bool = False):

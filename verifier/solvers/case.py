@@ -131,7 +131,8 @@ def conjunction_lower(conjs, row_lower) -> np.ndarray:
 def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: str = "highs",
                margin_lower=None, mode: str = "joint", tol: float | None = None,
                threads: int = 1, isolate: bool = False, options: dict | None = None,
-               prune: bool = True, relax: bool = False, need: float = 0.0) -> CaseResult:
+               prune: bool = True, relax: bool = False, need: float = 0.0,
+               guard: bool = True) -> CaseResult:
     """Decide the sign of the worst-case margin of ``case`` (a Case: ``.box``, ``.unsafe``).
 
     ``bounds``: sound per-node bounds on ``case.box`` (a ``Bounds`` or ``(lower, upper)``).
@@ -144,6 +145,8 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
     threatening first, stopping at the first candidate.  ``prune=False`` sends every conjunction
     to the solver (benchmarks).  ``options``: extra HiGHS options.  ``isolate``: solve in a child
     process killed at the time limit (hard limit).
+    ``guard=False``: skip the check that the forward pass at the box centre fits the model (for
+    a branch-and-bound domain, whose phases may exclude the centre).
     ``need``: search only below ``2 tau + need`` (the caller will subtract ``need`` from the
     margin, e.g. the float32 deviation of the output).
     ``relax=True``: LP relaxation only (one LP per conjunction, since the disjunction's relaxation
@@ -208,7 +211,8 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
         # nothing
         zc = z0 if z0 is not None else start_vector(
             model, graph, (np.asarray(case.box.lower) + np.asarray(case.box.upper)) / 2)
-        bad = violation(model, zc)
+        # (not for a domain whose fixed ReLU phases cut the box: its centre may lie outside)
+        bad = violation(model, zc) if guard else 0.0
         stats["time_encode"] += time.perf_counter() - t1
         if bad > 1e-6:
             stats["message"] = (f"the bounds exclude the forward pass at a box point (violation "
@@ -237,7 +241,9 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
         stats["solver_status"].append(r.status)
         if r.status == "error":
             stats["message"] = r.message
-        if r.status not in _TRUSTED:
+        if r.status == "infeasible" and np.isposinf(r.dual_bound):
+            low = np.inf                            # an LP proved empty by its dual ray
+        elif r.status not in _TRUSTED:
             low = -np.inf
         elif relax and backend == "highs":
             low = r.dual_bound                      # rebuilt from duals, rounding accounted

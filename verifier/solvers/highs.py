@@ -231,6 +231,8 @@ def _solve(model, *, time_limit, start, cutoff, stop_below, mip_rel_gap, mip_abs
         sol = h.getSolution()
         dual = lp_dual_bound(model, np.array(sol.row_dual)) if sol.dual_valid else -np.inf
         nodes, gap = 0, (0.0 if status == "optimal" else np.inf)
+        if status == "infeasible":
+            dual = _farkas(h, model)
     if cutoff is not None and is_mip:
         # Under a cutoff HiGHS reports "Infeasible", or even "Optimal" with an incumbent above the
         # cutoff (measured: optimum 0.78, cutoff 0.73 → "Optimal" at 1.08), when no point lies
@@ -240,11 +242,25 @@ def _solve(model, *, time_limit, start, cutoff, stop_below, mip_rel_gap, mip_abs
             status, dual = "cutoff", float(cutoff)
         else:
             dual = min(dual, float(cutoff))
-    elif status == "infeasible":
+    elif status == "infeasible" and is_mip:
         dual = np.inf
     msg = h.modelStatusToString(h.getModelStatus()) + (f" ({seen['why']})" if seen["why"] else "")
     h.clear()
     return SolveResult(status, obj, dual, x, nodes, gap, time.perf_counter() - t0, msg)
+
+
+def _farkas(h, model) -> float:
+    """``+inf`` if HiGHS's dual ray proves the LP infeasible (weak duality with a zero objective
+    gives a bound > 0: no point exists), else ``-inf`` (the claim is not trusted)."""
+    try:
+        _, has, ray = h.getDualRay()
+    except Exception:                               # older highspy: no rays
+        return -np.inf
+    if not has:
+        return -np.inf
+    from .dual import DualBound
+    b = DualBound(model).bound(np.asarray(ray, np.float64), c=np.zeros(model.n_cols), offset=0.0)
+    return np.inf if b > 0 else -np.inf
 
 
 def _child(conn, model, kw):

@@ -1,18 +1,27 @@
-"""Input splitting: sound on sampled points, exact answers on small nets (the engine it uses is
-tested in test_engine.py)."""
+"""Input splitting (the branch-and-bound driver's input rule): sound on sampled points, exact
+answers on small nets (the engine it uses is tested in test_engine.py)."""
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from verifier.bab import BabResult, branch_and_bound
+from verifier.bounds import Ladder
 from verifier.graph import Graph, Input, Linear, Relu
-from verifier.input_split import split_case
 from verifier.onnx_export import graph_to_onnx
 from verifier.spec import Box, Case, Conjunction, Property
 from verifier.vnnlib import parse_vnnlib
 
 ACAS = Path(__file__).resolve().parent.parent / "benchmarks" / "vnncomp2022" / "acasxu"
+
+
+def split_case(graph, prop, k, deadline, top=1):
+    case = prop.cases[k]
+    C, d, _ = case.stacked()
+    lad = Ladder(graph, case.box.lower, case.box.upper, C, d)
+    lad.run("symbolic")
+    return branch_and_bound(graph, prop, k, lad.dom, lad.eng, deadline, rule="input", top=top)
 
 
 def random_net(seed, n_in=3, widths=(8, 8), n_out=3, residual=False):
@@ -68,8 +77,9 @@ def test_acasxu_prop1_verified_and_prop2_falsified():
     from verifier import load
     net = load(ACAS / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx")
     prop = parse_vnnlib(ACAS / "vnnlib" / "prop_1.vnnlib")          # expected unsat
-    r = split_case(net, prop, 0, time.perf_counter() + 60)
-    assert r.status == "verified" and r.margin_lower > 0
+    for top in (1, 2):
+        r = split_case(net, prop, 0, time.perf_counter() + 60, top=top)
+        assert r.status == "verified" and r.margin_lower > 0
     net = load(ACAS / "onnx" / "ACASXU_run2a_2_1_batch_2000.onnx")
     prop = parse_vnnlib(ACAS / "vnnlib" / "prop_2.vnnlib")          # expected sat
     r = split_case(net, prop, 0, time.perf_counter() + 60)
@@ -81,11 +91,11 @@ def test_auto_falls_back_to_the_milp_where_splitting_stalls(monkeypatch):
     """A net whose worst margin (0.02) sits at a box corner with a long near-flat valley (the
     look-ahead splitting needed ~10^6 boxes; smart branching now proves it, so here splitting is
     made to stall): the MILP proves it in well under a second."""
-    from verifier import input_split
+    from verifier import pipeline
     from verifier.config import Options
     from verifier.pipeline import run
-    stalled = lambda graph, prop, k, deadline, **kw: input_split.SplitResult("timeout", None, None)
-    monkeypatch.setattr(input_split, "split_case", stalled)
+    stalled = lambda net, prop, k, ladder, end: BabResult("timeout", None, None)
+    monkeypatch.setattr(pipeline, "_split_portfolio", stalled)
     rng = np.random.default_rng(1)
     W1, b1 = rng.normal(size=(8, 3)), rng.normal(size=8)
     W2, b2 = rng.normal(size=(8, 8)), rng.normal(size=8)

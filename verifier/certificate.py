@@ -219,8 +219,17 @@ def _describe_case(entry: dict, many: bool) -> list[str]:
         out.append(f"  bounds   {tag}unstable ReLUs {ladder}{mtxt}  ({t:.2f} s)")
     sp = entry.get("split")
     if isinstance(sp, dict):
-        out.append(f"  split    {tag}{sp.get('boxes', 0)} boxes in {sp.get('rounds', 0)} rounds, "
-                   f"{sp.get('status', '?')}")
+        leaf = f", {sp['leaf_milps']} leaf MILPs" if sp.get("leaf_milps") else ""
+        out.append(f"  split    {tag}{sp.get('domains', 0)} boxes in {sp.get('rounds', 0)} rounds, "
+                   f"depth {sp.get('max_depth', 0)}{leaf}, {sp.get('time_s', 0.0):.2f} s")
+    bb = entry.get("bab")
+    if isinstance(bb, dict):
+        leaf = f", {bb['leaf_milps']} leaf MILPs" if bb.get("leaf_milps") else ""
+        out.append(f"  bab      {tag}{bb.get('domains', 0)} domains in {bb.get('rounds', 0)} "
+                   f"rounds, depth {bb.get('max_depth', 0)}{leaf}, "
+                   f"{bb.get('time_s', 0.0):.2f} s")
+        if bb.get("message"):
+            out.append(f"           {bb['message']}")
     mi = entry.get("milp")
     if isinstance(mi, dict):
         gap = mi.get("gap")

@@ -70,7 +70,8 @@ def test_describe_stats_reads_every_phase():
                   "milp": {"conjunctions": 9, "solved_conjunctions": 2, "binaries": 56,
                            "rows": 687, "cols": 1417, "nodes": 3, "gap": 0.0,
                            "time_solve": 5.4, "solver_status": ["cutoff"]}},
-                 {"case": 1, "split": {"boxes": 261, "rounds": 6, "status": "verified"}}]}
+                 {"case": 1, "split": {"domains": 261, "rounds": 6, "max_depth": 9,
+                                       "time_s": 0.5}}]}
     text = "\n".join(describe_stats(stats))
     assert "512 ReLUs" in text and "2 input boxes" in text
     assert "1060 evaluations" in text and "0.97" in text

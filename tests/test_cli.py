@@ -157,7 +157,7 @@ def test_min_distortion_human_line_and_norms(capsys):
     assert re.match(r"MIN DISTORTION  L∞ in \[\S+, \S+\]  counterexample replayed  \(\w+, \S+ s\)$",
                     out.splitlines()[0])
     code, out, _ = run(capsys, MLP, "--input", SAMPLE, "--label", 1, "--min-distortion",
-                       "--norm", "1", "--eps", 0.15, "--json", "--timeout", 30)
+                       "--norm", "1", "--eps", 0.15, "--json", "--timeout", 120)
     obj = json.loads(out)
     assert code == 0 and obj["norm"] == "1" and obj["status"] == "found"
     x = np.array(obj["counterexample"], np.float64)

@@ -111,7 +111,8 @@ def check_certificate(cert_path, model_path, *, vnnlib=None, method: str | None 
         return _check_counterexample(mp, prop, cert, checked)
     if status == "verified":
         # certificates from before float32 proofs record no arithmetic: theirs was real
-        arithmetic = (record.get("options") or {}).get("arithmetic", "real")
+        arithmetic = (record.get("options") or {}).get("arithmetic") or \
+            (cert.get("stats") or {}).get("arithmetic") or "real"
         return _check_verified(net, prop, cert, checked, method, timeout, arithmetic)
     return CheckResult("passed", f"{status}: the certificate claims no answer; model and property "
                                  f"match", checked)

@@ -364,7 +364,8 @@ def _report(cert: Certificate, args, prop_record: dict, options, exported) -> in
     if args.certificate:
         write_certificate(args.certificate, certificate_record(
             cert, model_path=args.model, prop=prop_record,
-            options={"method": options.method, "timeout": options.timeout}))
+            options={"method": options.method, "timeout": options.timeout,
+                     "arithmetic": options.arithmetic}))
     if args.results_file:
         Path(args.results_file).write_text(vnncomp_result(cert))
     export_line = None

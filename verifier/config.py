@@ -15,17 +15,64 @@ class OptionsError(ValueError):
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """How the time of a property is shared out, and the knobs of each stage.  Each default says
+    the measurement behind it; every field is validated once, here."""
+    # shares of the time left when the stage starts
+    alpha_share: float = 0.2    # slope optimisation: its margins on mnist_fc 256x4 come within the
+                                # first 20 steps, 0.1-2 s (benchmarks/bench_bounds.py)
+    lp_share: float = 0.3       # per-neuron LPs (--method lp): 10-20x slower than alpha for the
+                                # same margins on mnist_fc 256x4
+    split_share: float = 0.6    # input splitting in auto; the slowest ACAS Xu instance it decided
+                                # in a full run took 35 % of its timeout
+    bab_share: float = 0.6      # ReLU branch and bound in auto, the MILP gets the rest (mnist_fc
+                                # 256x2 prop_9/10 at 0.05: bab 0.4 / 5.5 s, the MILP 3.4 / 6.1 s)
+    min_stage: float = 0.05     # seconds below which a stage is not started at all
+    # the second, deeper attack on a case the bounds leave open (LP_d-CNN image 8: missed by the
+    # first round in 0.3 s, found by this one within 9-13 s of a 60 s timeout)
+    deep_attack_steps: int = 100
+    deep_attack_rounds: int = 1000
+    alpha_steps: int = 20       # per objective: most of the gain comes in the first 20
+    milp_neuron_time: float = 10.0   # per-neuron MILP cap at the milp bound level
+    bab_batch: int = 64         # ReLU domains split per round (128 children: 1-2 s per round on
+                                # mnist_fc 256x4 with 10-20 steps)
+    bab_steps: int = 20         # slope/multiplier steps per ReLU branch-and-bound round
+    split_batch: int = 512      # boxes split per round by input splitting (ACAS Xu)
+    leaf_relus: int = 4         # domains with at most this many free unstable ReLUs go to the MILP
+    leaf_time: float = 2.0      # seconds for each such leaf MILP
+
+    def __post_init__(self):
+        for name in ("alpha_share", "lp_share", "split_share", "bab_share"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
+                raise OptionsError(f"{name} must lie in (0, 1], got {v!r}")
+        for name in ("min_stage", "milp_neuron_time", "leaf_time"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise OptionsError(f"{name} must be a number of seconds >= 0, got {v!r}")
+        for name in ("deep_attack_steps", "deep_attack_rounds", "alpha_steps", "bab_batch",
+                     "bab_steps", "split_batch", "leaf_relus"):
+            v = getattr(self, name)
+            low = 0 if name in ("alpha_steps", "leaf_relus") else 1
+            if not (isinstance(v, int) and v >= low):
+                raise OptionsError(f"{name} must be an integer >= {low}, got {v!r}")
+
+
+@dataclass(frozen=True)
 class Options:
     """How to verify.
 
-    method:   ``auto`` attack, then bounds, then LP-tightened bounds, then the exact MILP;
-              ``bounds`` symbolic bounds only; ``lp`` bounds plus per-neuron LP tightening;
-              ``milp`` bounds then the MILP (no attack); ``attack`` PGD only (falsified or unknown).
+    method:   ``auto`` attack, CROWN and alpha-CROWN bounds, then branch and bound (input
+              splitting on nets with at most 32 inputs, ReLU phases otherwise), then the exact
+              MILP; ``bounds`` CROWN and alpha-CROWN only; ``lp`` bounds plus per-neuron LP
+              tightening; ``milp`` bounds then the MILP (no attack); ``bab`` bounds then branch
+              and bound (no attack); ``attack`` PGD only (falsified or unknown).
     timeout:  wall-clock seconds for the whole property.
     attack_share: fraction of the timeout the attack may use in ``auto``.
     arithmetic: what a ``verified`` answer covers: ``float32`` (default) the model as onnxruntime
               runs it, every affine op rounded in float32 in any summation order (and real and
               float64 arithmetic too); ``real`` real arithmetic (and float64) only.
+    tuning:   the stages' shares of the time and their knobs (``Tuning``).
     """
     method: str = "auto"
     timeout: float = 60.0     # the one default timeout of the API and the CLI
@@ -33,8 +80,11 @@ class Options:
     attack_share: float = 0.1
     seed: int = 0
     arithmetic: str = "float32"
+    tuning: Tuning = Tuning()
 
     def __post_init__(self):
+        if not isinstance(self.tuning, Tuning):
+            raise OptionsError(f"tuning must be a verifier.config.Tuning, got {self.tuning!r}")
         if self.method not in METHODS:
             raise OptionsError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout)

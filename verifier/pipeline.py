@@ -37,15 +37,6 @@ _PLAN = {
     "bab":    (("symbolic", "alpha"), False),
     "attack": ((), False),
 }
-_BAB_SHARE = 0.6         # in auto, ReLU branch and bound's share of the time left; the MILP gets
-                         # the rest (mnist_fc 256x2 prop_9/10 at 0.05: bab 0.4 / 5.5 s, the MILP
-                         # 3.4 / 6.1 s)
-_ALPHA_SHARE = 0.2       # at most this share of the time left goes to slope optimisation
-_LP_SHARE = 0.3          # at most this share of the time left goes to per-neuron LP tightening
-_SPLIT_SHARE = 0.6       # input splitting's share of the time left; the slowest ACAS Xu instance
-                         # it decided in a full run took 35 % of its timeout
-
-
 class _Clock:
     def __init__(self, timeout: float):
         self.t0 = time.perf_counter()
@@ -115,16 +106,18 @@ def _few_inputs(net: Graph) -> bool:
     return net.n_inputs <= MAX_INPUTS
 
 
-def _split_portfolio(net, prop, k, ladder, end: float):
+def _split_portfolio(net, prop, k, ladder, end: float, tune):
     """Input splitting in two tries: look-ahead among the two most promising inputs for a third of
     the time, then plain smart branching.  Measured on ACAS Xu: look-ahead decides prop_1 on nets
     where smart branching times out (1_4, 2_2: 0.2-0.3 s against over 30 s), smart branching
     decides 1_1 prop_5 and 3_3 prop_9 (5 s and 4 s) where look-ahead times out."""
     first = time.perf_counter() + (end - time.perf_counter()) / 3
-    r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, first, rule="input", top=2)
+    kw = dict(rule="input", batch=tune.split_batch, leaf_relus=tune.leaf_relus,
+              leaf_time=tune.leaf_time)
+    r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, first, top=2, **kw)
     if r.status in ("verified", "falsified") or time.perf_counter() >= end:
         return r
-    r2 = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, rule="input", top=1)
+    r2 = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, top=1, **kw)
     r2.stats["first_try"] = {key: r.stats[key] for key in ("domains", "rounds", "time_s")
                              if key in r.stats}
     return r2
@@ -162,14 +155,18 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     case_stats = stats.setdefault("per_case", [])
     entry: dict = {"case": k}
     case_stats.append(entry)
-    ladder = Ladder(net, case.box.lower, case.box.upper, C, d, arithmetic=options.arithmetic)
+    tune = options.tuning
+    ladder = Ladder(net, case.box.lower, case.box.upper, C, d, arithmetic=options.arithmetic,
+                    alpha_steps=tune.alpha_steps)
     bounds, conj_lower = None, np.full(n_conj, -np.inf)
     for level in levels:
-        budget = max(0.0, clock.left() * _LP_SHARE)
-        alpha_budget = max(0.0, clock.left() * _ALPHA_SHARE)
-        if (level == "lp" and budget < 0.05) or (level == "alpha" and alpha_budget < 0.05):
+        budget = max(0.0, clock.left() * tune.lp_share)
+        alpha_budget = max(0.0, clock.left() * tune.alpha_share)
+        if (level == "lp" and budget < tune.min_stage) or \
+                (level == "alpha" and alpha_budget < tune.min_stage):
             break
-        bounds = ladder.run(level, budget=budget, alpha_budget=alpha_budget)
+        bounds = ladder.run(level, budget=budget, alpha_budget=alpha_budget,
+                            neuron_time=tune.milp_neuron_time if level == "milp" else None)
         conj_lower = np.maximum(conj_lower, conjunction_max(bounds.margin_lower, owner, n_conj))
         entry["bounds"] = bounds.report.to_dict()
         progress("bounds", {"case": k, "level": level, "unstable": bounds.report.levels[-1].unstable,
@@ -180,7 +177,7 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         if clock.left() <= 0:
             return _Outcome("timeout", level, lower=float(conj_lower.min()))
     splits = options.method in ("auto", "bab") and _few_inputs(net)
-    if options.method == "auto" and attack_left[0] > 0.05 and not splits:
+    if options.method == "auto" and attack_left[0] > tune.min_stage and not splits:
         # the first attack stops after one round of restarts, so that instances the bounds
         # prove stay fast; an undecided case gets the rest of the attack's budget, with more
         # steps and fresh restarts (LP_d-CNN image 8: missed by the first round in 0.3 s, found
@@ -188,7 +185,8 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         # Input splitting tries points in every box itself, so it goes straight to that.
         one = Property((case,), prop.n_inputs, prop.n_outputs)
         deep = falsify(net, net.model_bytes, one, time_budget=attack_left[0],
-                       seed=options.seed + 1 + k, steps=100, rounds=1000)
+                       seed=options.seed + 1 + k, steps=tune.deep_attack_steps,
+                       rounds=tune.deep_attack_rounds)
         attack_left[0] = 0.0
         entry["deep_attack"] = {"time_s": round(deep.attack.time_s, 4),
                                 "best_margin": float(deep.attack.margin_best)}
@@ -200,9 +198,9 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     if splits:
         # few inputs: branch and bound on the input box beats one big MILP (ACAS Xu); in auto the
         # MILP keeps the rest of the time for the small nets where splitting stalls
-        share = 1.0 if options.method == "bab" else _SPLIT_SHARE
+        share = 1.0 if options.method == "bab" else tune.split_share
         end = clock.deadline - (1 - share) * clock.left()
-        r = _split_portfolio(net, prop, k, ladder, end)
+        r = _split_portfolio(net, prop, k, ladder, end, tune)
         entry["split"] = r.stats
         progress("split", dict(r.stats, case=k))
         if r.status == "falsified":
@@ -212,9 +210,11 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     case_lower = float(conj_lower.min())
     relu_bab = bounds is not None and not splits and options.method in ("bab", "auto")
     if relu_bab:
-        share = 1.0 if options.method == "bab" else _BAB_SHARE
+        share = 1.0 if options.method == "bab" else tune.bab_share
         r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng,
                              clock.deadline - (1 - share) * clock.left(), start=ladder.slopes,
+                             batch=tune.bab_batch, steps=tune.bab_steps,
+                             leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
                              root_lower=bounds.margin_lower[None, :])
         entry["bab"] = r.stats
         progress("bab", dict(r.stats, case=k))

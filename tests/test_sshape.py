@@ -1,9 +1,10 @@
 """Sigmoid and Tanh (``verifier.ops.sshape``): onnxruntime's float32 error against the charged
 bound, the relaxation against the real function (in long double) and onnxruntime, hand-known lines,
-and bounds of random nets against onnxruntime's float32 values of every node.
+bounds of random nets against onnxruntime's float32 values of every node, the loader, and a
+generator feeding a ReLU classifier (as VNN-COMP's dist_shift and cgan) through every method.
 
 Ground truth is the real function (``np.longdouble``, 64-bit mantissa) and onnxruntime on float32
-points.
+points; a ``falsified`` answer must replay in a session of the test's own.
 """
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from test_onnx_loader import make_model, node
-from verifier.bounds import compute_bounds
+import verifier
+from test_onnx_loader import check, kinds, make_model, node
+from verifier import exact
+from verifier.bounds import Ladder, compute_bounds
 from verifier.bounds.engine import Engine, domains
+from verifier.cli import main
 from verifier.gradients import backward
 from verifier.graph import Graph, Input, Linear, Relu, Sigmoid, Tanh
 from verifier.onnx_export import graph_to_onnx
 from verifier.ops import sshape
 from verifier.ops.sshape import ORT_ERROR
+from verifier.replay import ReplayResult
+from verifier.solvers import solve_case
 
 KINDS = {"sigmoid": Sigmoid, "tanh": Tanh}
 
@@ -218,3 +224,143 @@ def test_gradient_matches_finite_differences():
         e[k] = h
         fd = ((g.forward(x + e) - g.forward(x - e)) * cot).sum(axis=1) / (2 * h)
         assert np.allclose(grad[:, k], fd, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------
+# the loader
+# ------------------------------------------------------------------------------------------------
+def test_loader_reads_sigmoid_tanh_hardsigmoid_like_onnxruntime():
+    Wt = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32) * 3
+    m = make_model([node("MatMul", ["x", "W"], ["h"]), node("Sigmoid", ["h"], ["a"]),
+                    node("Tanh", ["h"], ["b"]), node("Sub", ["a", "b"], ["y"])], {"W": Wt}, [1, 4])
+    g = check(m, lo=-4, hi=4, n=8)
+    assert kinds(g) == ["input", "linear", "sigmoid", "tanh", "linear"]
+    assert any("Sigmoid (1 node, 5 values) and Tanh (1 node, 5 values) relaxed" in n
+               for n in g.notes)
+    for attrs in ({}, {"alpha": 0.7, "beta": -0.1}):
+        m = make_model([node("MatMul", ["x", "W"], ["h"]), node("HardSigmoid", ["h"], ["y"],
+                                                               **attrs)], {"W": Wt}, [1, 4])
+        g = check(m, lo=-4, hi=4, n=8)
+        assert g.relu_count == 10 and not g.notes          # exact: two ReLUs per value
+
+
+# ------------------------------------------------------------------------------------------------
+# a generator feeding a ReLU classifier, end to end
+# ------------------------------------------------------------------------------------------------
+def _generator_classifier(path):
+    """z (4) -> Gemm, Relu -> Gemm, Tanh -> Gemm, Sigmoid: a 5x5 "image" -> Gemm, Relu -> Gemm:
+    3 logits.  Returns a latent point ``z0`` and its label."""
+    rng = np.random.default_rng(1)
+    nodes, inits, prev = [], [], "z"
+    layers = [(4, 16, 2.0, "Relu"), (16, 16, 2.0, "Tanh"), (16, 25, 3.0, "Sigmoid"),
+              (25, 20, 2.0, "Relu"), (20, 3, 2.0, None)]
+    for k, (n_in, n_out, s, act) in enumerate(layers):
+        inits += [numpy_helper.from_array((rng.normal(size=(n_in, n_out)) * s / np.sqrt(n_in))
+                                          .astype(np.float32), f"W{k}"),
+                  numpy_helper.from_array((rng.normal(size=n_out) * 0.1).astype(np.float32),
+                                          f"b{k}")]
+        out = "y" if act is None else f"h{k}"
+        nodes.append(helper.make_node("Gemm", [prev, f"W{k}", f"b{k}"], [out]))
+        if act:
+            nodes.append(helper.make_node(act, [out], [f"a{k}"]))
+            prev = f"a{k}"
+    g = helper.make_graph(nodes, "gen_cls", [helper.make_tensor_value_info("z", TensorProto.FLOAT,
+                                                                           [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    z0 = np.float32([0.0473, 1.8019, -1.4234, 1.7946]).astype(np.float64)
+    return m, z0, int(np.argmax(_session(m).run(None, {"z": z0[None].astype(np.float32)})[0]))
+
+
+def _vnnlib(path, z0, eps, label):
+    lines = [f"(declare-const X_{i} Real)" for i in range(4)] + \
+        [f"(declare-const Y_{j} Real)" for j in range(3)]
+    for i, v in enumerate(z0):
+        lines += [f"(assert (>= X_{i} {v - eps!r}))", f"(assert (<= X_{i} {v + eps!r}))"]
+    others = " ".join(f"(and (>= Y_{o} Y_{label}))" for o in range(3) if o != label)
+    path.write_text("\n".join(lines + [f"(assert (or {others}))"]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    m, z0, label = _generator_classifier(d / "gen.onnx")
+    z0 = [float(v) for v in z0]
+    return {"model": d / "gen.onnx", "onnx": m, "z0": np.array(z0), "label": label,
+            "safe": _vnnlib(d / "safe.vnnlib", z0, 0.05, label),
+            "wide": _vnnlib(d / "wide.vnnlib", z0, 0.5, label),
+            "unsafe": _vnnlib(d / "unsafe.vnnlib", z0, 1.5, label)}
+
+
+def _violates(gen, x, eps):
+    """Our own check of a counterexample: inside the box, and the label is not the only top."""
+    x = np.asarray(x, np.float32)
+    assert np.all(np.abs(x.astype(np.float64) - gen["z0"]) <= eps * (1 + 1e-12))
+    y = _session(gen["onnx"]).run(None, {"z": x[None]})[0][0]
+    return bool(np.delete(y, gen["label"]).max() >= y[gen["label"]])
+
+
+def test_generator_classifier_verified_and_falsified_end_to_end(gen):
+    for method in ("auto", "bounds", "lp", "milp"):
+        c = verifier.verify_vnnlib(gen["model"], gen["safe"], method=method, timeout=20)
+        assert c.status == "verified", method
+    c = verifier.verify_vnnlib(gen["model"], gen["wide"], timeout=20)     # by input splitting
+    assert c.status == "verified" and c.method == "split"
+    c = verifier.verify_vnnlib(gen["model"], gen["unsafe"], timeout=20)
+    assert c.status == "falsified" and _violates(gen, c.counterexample, 1.5)
+    for method in ("bounds", "lp", "milp", "bab"):  # no attack: the MILP's points rarely replay
+        c = verifier.verify_vnnlib(gen["model"], gen["unsafe"], method=method, timeout=5)
+        assert c.status != "verified", method
+        assert c.status != "falsified" or _violates(gen, c.counterexample, 1.5), method
+
+
+def test_milp_outer_approximation_never_falsifies_without_replay(gen, monkeypatch):
+    """The MILP's points on such a net are no network evaluations: its candidate margin is the
+    float64 forward margin of its input, and a candidate (here the attack's counterexample, given
+    as the MIP start) is falsified only if replay says so."""
+    net = verifier.load(gen["model"])
+    for name in ("wide", "unsafe"):
+        case = verifier.api.read_vnnlib(net, gen[name]).cases[0]
+        C, d, _ = case.stacked()
+        ladder = Ladder(net, case.box.lower, case.box.upper, C, d)
+        b = ladder.run("symbolic")
+        r = solve_case(net, b, case, time_limit=10)
+        assert r.status != "verified" or name == "wide"
+        if r.x_candidate is not None:
+            assert r.margin_upper == pytest.approx(case.margin(net.forward(r.x_candidate)))
+    x = verifier.verify_vnnlib(net, gen["unsafe"], timeout=20).counterexample
+    ex = exact.solve_domain(ladder.eng, ladder.dom, case, 4, 3, 10, start=np.array(x))
+    assert ex.status == "falsified" and _violates(gen, ex.x32, 1.5)
+    monkeypatch.setattr(exact, "replay", lambda *a, **k: ReplayResult(False, None, None, None,
+                                                                     "refused by the test"))
+    ex = exact.solve_domain(ladder.eng, ladder.dom, case, 4, 3, 10, start=np.array(x))
+    assert ex.status == "unknown" and ex.upper <= 0
+    assert verifier.verify_vnnlib(net, gen["unsafe"], method="milp", timeout=5).status != \
+        "falsified"
+
+
+def test_min_distortion_lower_bound_holds_on_samples(gen):
+    """The lower bound comes from an outer approximation: sound, maybe loose; no sampled point
+    closer than it is unsafe, and a counterexample, if any, replays."""
+    net = verifier.load(gen["model"])
+    r = verifier.min_distortion(net, gen["z0"], gen["label"], domain=(-3, 3), max_eps=0.6,
+                                timeout=2)
+    assert 0.1 < r.distortion_lower <= 0.6
+    rng = np.random.default_rng(0)
+    X = gen["z0"] + rng.uniform(-1, 1, (5000, 4)) * r.distortion_lower
+    y = net.forward(X)
+    assert np.all(np.delete(y, gen["label"], axis=1).max(axis=1) < y[:, gen["label"]])
+    if r.counterexample is not None:
+        assert _violates(gen, r.counterexample, 0.6)
+
+
+def test_certificates_of_such_a_net_check(gen, tmp_path, capsys):
+    for prop, code in (("safe", 0), ("unsafe", 1)):
+        cert = tmp_path / f"{prop}.json"
+        assert main([str(gen["model"]), "--vnnlib", str(gen[prop]), "--certificate",
+                     str(cert)]) == code
+        assert main(["--check", str(cert), str(gen["model"])]) == 0
+        assert "CHECK PASSED" in capsys.readouterr().out

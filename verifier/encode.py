@@ -16,6 +16,9 @@ Encoding (Tjeng, Xiao & Tedrake 2019), built block by block with numpy / scipy.s
 - MaxPool: in each window, inputs whose upper bound is at most the largest lower bound are dropped
   (they can never exceed the input holding that lower bound); one survivor → ``y`` is that input;
   otherwise ``y >= x_j``, ``y <= x_j + (U - l_j)(1 - a_j)``, ``sum_j a_j = 1``.
+- Sigmoid, Tanh: a column bounded by the node's bounds and linear rows that hold the function
+  (``ops.sshape``), no binaries: an outer approximation (``Node.outer``).  With such nodes the
+  guarantee below holds with "contains" for "is exactly": the MILP optimum is a lower bound.
 
 Guarantee: if the bounds are sound for every input in the box (``lower[i] <= value <= upper[i]``
 for every node), the feasible set projected onto the node columns is exactly the set of network

@@ -3,7 +3,7 @@
 A network is a DAG of nodes acting on *flat* per-sample vectors (row-major order of the tensor's
 ONNX shape, batch dimension fixed to 1).  The node kinds and all their rules live in
 ``verifier.ops``, one file each: ``Input`` (node 0), ``Linear`` (every affine or index-moving ONNX
-op), ``Relu``, ``MaxPool``.
+op), ``Relu``, ``MaxPool``, and the S-shaped ``Sigmoid`` and ``Tanh``.
 
 Reshape-like ops create no node: a flat vector does not change when its shape does.
 Nodes are stored in topological order; ``graph.output`` is the index of the output node.
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .ops import Input, Linear, MaxPool, Node, Relu, known
+from .ops import Input, Linear, MaxPool, Node, Relu, Sigmoid, Tanh, known
 
-__all__ = ["Graph", "Node", "Input", "Linear", "Relu", "MaxPool", "is_sparse"]
+__all__ = ["Graph", "Node", "Input", "Linear", "Relu", "MaxPool", "Sigmoid", "Tanh", "is_sparse"]
 
 
 def is_sparse(A) -> bool:

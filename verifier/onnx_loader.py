@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .graph import Graph, Input, Linear, Node, Relu
+from .ops.sshape import ORT_ERROR
 from . import onnx_layers, onnx_ops
 from .onnx_ops import Tensor, Unsupported
 from .passes import simplify
@@ -228,7 +229,7 @@ class _Converter:
         # the output node reports the ONNX output shape (a final Reshape/Unsqueeze makes no node)
         self.nodes[out.node] = replace(self.nodes[out.node], shape=out.shape)
         graph = simplify(Graph(self.nodes, output=out.node, name=name))
-        graph.notes = list(self.notes)
+        graph.notes = list(self.notes) + _relaxed_note(graph)
         graph.output_groups = self.output_groups
         return graph
 
@@ -402,8 +403,30 @@ class _Converter:
         return self._linear(terms, fill, shape, origin, name)
 
     def _relu(self, x: Tensor, name: str, origin: str = "Relu") -> Tensor:
-        self.nodes.append(Relu((x.node,), x.shape, name=name, origin=origin))
+        return self._unary(Relu, x, name, origin)
+
+    def _unary(self, kind, x: Tensor, name: str, origin: str) -> Tensor:
+        """Append an elementwise node of ``kind`` (Relu, Sigmoid, Tanh) reading ``x``."""
+        self.nodes.append(kind((x.node,), x.shape, name=name, origin=origin))
         return Tensor(len(self.nodes) - 1, x.shape)
+
+
+def _relaxed_note(graph: Graph) -> list[str]:
+    """The summary's line on the nodes the graph keeps but bounds and MILP only relax."""
+    count: dict[str, list[int]] = {}
+    for n in graph.nodes:
+        if n.outer:
+            c = count.setdefault(type(n).__name__, [0, 0])
+            c[0] += 1
+            c[1] += n.size
+    if not count:
+        return []
+    what = " and ".join(f"{k} ({c} node{'s' * (c > 1)}, {v} values)"
+                        for k, (c, v) in count.items())
+    return [f"{what} relaxed, not exact: bounds use sound linear relaxations and the MILP a linear "
+            f"outer approximation, which prove but never disprove by themselves (a counterexample "
+            f"must replay in onnxruntime); onnxruntime's float32 error (<= {ORT_ERROR:g} per "
+            f"value) is charged"]
 
 
 # ops between an output Softmax and the graph output that keep every value and its flat order

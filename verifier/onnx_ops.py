@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from onnx import TensorProto
 
+from .ops import Sigmoid, Tanh
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -258,9 +260,6 @@ def _clip_bound(value):
 
 
 def clip(cv, node, args, attrs):
-    """``min(max(x, lo), hi)`` as ``lo + relu(x - lo)`` then ``hi - relu(hi - that)``: two ReLU
-    layers in sequence, so the bounds of the second already know the first clipped (interval
-    bounds of the clip come out exact, unlike ``lo + relu(x - lo) - relu(x - hi)``)."""
     x = args[0]
     if any(isinstance(a, Tensor) for a in args[1:]):
         raise Unsupported("computed min or max")
@@ -272,16 +271,43 @@ def clip(cv, node, args, attrs):
     lo, hi = _clip_bound(lo), _clip_bound(hi)
     if lo is not None and hi is not None and lo > hi:
         raise Unsupported("min > max")
-    name, n = _name(node), x.size
+    return _clamp(cv, x, lo, hi, "Clip", _name(node))
+
+
+def _clamp(cv, x: Tensor, lo, hi, op: str, name: str) -> Tensor:
+    """``min(max(x, lo), hi)`` as ``lo + relu(x - lo)`` then ``hi - relu(hi - that)``: two ReLU
+    layers in sequence, so the bounds of the second already know the first clipped (interval
+    bounds of the clip come out exact, unlike ``lo + relu(x - lo) - relu(x - hi)``)."""
+    n = x.size
     if lo is not None:                                   # x <- lo + relu(x - lo)
-        t = cv._linear([(x, _eye(x))], np.full(n, -lo), x.shape, "Clip", name)
-        r = cv._relu(t, name, origin="Clip")
-        x = cv._linear([(r, _eye(x))], np.full(n, lo), x.shape, "Clip", name)
+        t = cv._linear([(x, _eye(x))], np.full(n, -lo), x.shape, op, name)
+        r = cv._relu(t, name, origin=op)
+        x = cv._linear([(r, _eye(x))], np.full(n, lo), x.shape, op, name)
     if hi is not None:                                   # x <- hi - relu(hi - x)
-        t = cv._linear([(x, _eye(x, -1.0))], np.full(n, hi), x.shape, "Clip", name)
-        r = cv._relu(t, name, origin="Clip")
-        x = cv._linear([(r, _eye(x, -1.0))], np.full(n, hi), x.shape, "Clip", name)
+        t = cv._linear([(x, _eye(x, -1.0))], np.full(n, hi), x.shape, op, name)
+        r = cv._relu(t, name, origin=op)
+        x = cv._linear([(r, _eye(x, -1.0))], np.full(n, hi), x.shape, op, name)
     return x
+
+
+def hard_sigmoid(cv, node, args, attrs):
+    """``clip(alpha x + beta, 0, 1)``: exact with two ReLUs per value."""
+    x = args[0]
+    alpha = float(attrs.get("alpha", float(np.float32(0.2))))    # float attributes are float32
+    beta = float(attrs.get("beta", float(np.float32(0.5))))
+    name = _name(node)
+    t = cv._linear([(x, _eye(x, alpha))], np.full(x.size, beta), x.shape, "HardSigmoid", name)
+    return _clamp(cv, t, 0.0, 1.0, "HardSigmoid", name)
+
+
+# --------------------------------------------------------------------------------------------
+# S-shaped activations: relaxed, not exact (see ops.sshape)
+# --------------------------------------------------------------------------------------------
+def s_shaped(cv, node, args, attrs):
+    return cv._unary(S_SHAPED[node.op_type], args[0], _name(node), node.op_type)
+
+
+S_SHAPED = {"Sigmoid": Sigmoid, "Tanh": Tanh}
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +347,7 @@ def softmax(cv, node, args, attrs):
 
 CONVERTERS = {
     "Relu": relu, "LeakyRelu": leaky_relu, "PRelu": prelu, "Clip": clip, "Softmax": softmax,
+    "HardSigmoid": hard_sigmoid, "Sigmoid": s_shaped, "Tanh": s_shaped,
     "Add": arith, "Sub": arith, "Mul": arith, "Div": arith, "Neg": neg,
     "Sum": sum_mean, "Mean": sum_mean,
     "Reshape": alias, "Flatten": alias, "Squeeze": alias, "Unsqueeze": alias,

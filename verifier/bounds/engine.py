@@ -260,9 +260,10 @@ class Engine:
                     self.relu_of.setdefault(n.inputs[0], []).append(i)
         need.discard(0)
         self.needed = sorted(need)
-        # nodes whose bounds are used beyond ReLU phase decisions: all their entries are bounded
-        self.full_rows = {graph.output} | {i for i in self.needed
-                                          if any(isinstance(self.nodes[c], MaxPool) for c in users[i])}
+        # nodes whose bounds are used beyond ReLU phase decisions (inputs of every relaxed kind
+        # but Relu: max-pool, sigmoid, tanh): all their entries are bounded
+        self.full_rows = {graph.output} | {i for i in self.needed if any(
+            not (self.nodes[c].affine or isinstance(self.nodes[c], Relu)) for c in users[i])}
         self.stats = {"max_block_bytes": 0, "rows_bounded": {}}
 
     # -- small pieces ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..encode import encode_network, support
 from ..graph import MaxPool
+from ..ops.sshape import SShaped
 from ..solvers import DualBound, mip_tolerance
 from ..solvers.case import unsafe_numbers
 from ..solvers.highs import Session
@@ -59,8 +60,9 @@ def _slack(eng: Engine, dom: Domains) -> list:
 
 def _targets(eng: Engine, t: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Entries of node ``t`` whose bounds are worth an LP: undecided ReLU inputs; for max-pool
-    inputs, entries of windows not yet decided by dominance; every output entry."""
-    if t == eng.graph.output:
+    inputs, entries of windows not yet decided by dominance; every entry of the output and of
+    sigmoid / tanh inputs (their relaxations tighten with any entry's bounds)."""
+    if t == eng.graph.output or any(isinstance(eng.nodes[c], SShaped) for c in eng.users[t]):
         return np.arange(lo.size)
     rows = (lo < 0) & (hi > 0)
     for c in eng.users[t]:

@@ -13,10 +13,12 @@ from .input import Input
 from .linear import Linear
 from .maxpool import MaxPool
 from .relu import Relu
+from .sshape import Sigmoid, Tanh
 
-KINDS = (Input, Linear, Relu, MaxPool)
+KINDS = (Input, Linear, Relu, MaxPool, Sigmoid, Tanh)
 
-__all__ = ["Node", "Relaxation", "Input", "Linear", "Relu", "MaxPool", "KINDS", "known"]
+__all__ = ["Node", "Relaxation", "Input", "Linear", "Relu", "MaxPool", "Sigmoid", "Tanh", "KINDS",
+           "known"]
 
 
 def known(node) -> None:

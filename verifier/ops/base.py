@@ -36,6 +36,8 @@ class Node:
 
     kind = "node"
     affine = False
+    outer = False           # True: its MILP rows are an outer approximation (S-shaped kinds), so
+                            # a solver's point is no network evaluation
 
     @property
     def size(self) -> int:
@@ -62,7 +64,9 @@ class Relaxation:
     ``(B, k, size_y)`` (one slope per objective row, as optimised slopes are).  An offset of None
     is zero.  ``free`` marks the entries whose lower slope is a free choice in [0, 1] (unstable
     ReLUs): the ones slope optimisation may move; slopes outside ``free`` are exactly 0 or 1 (so
-    elementwise products with them do not round).  ``free`` None: no free entries."""
+    elementwise products with them do not round), or the lines hold with a margin of ``u |slope|
+    max|x|`` that covers the rounding of those products (``ops.sshape``).  ``free`` None: no free
+    entries."""
     lo_slope: np.ndarray
     up_slope: np.ndarray
     lo_off: np.ndarray | None = None

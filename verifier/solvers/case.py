@@ -13,6 +13,9 @@ Soundness of ``solve_case`` (the argument, in short):
   proves ``margin >= 2 tau`` up to tolerances, i.e. a sound ``margin_lower = tau > 0``.
 - Conjunctions dropped before solving have a margin lower bound > 0 from the output bounds, with
   the dot products' rounding error subtracted (``fp.affine_interval``).
+- With sigmoid or tanh nodes (``Node.outer``) the MILP is a linear outer approximation: its
+  optimum is a lower bound on the worst-case margin, so it still proves; its points are no
+  network evaluations, so an incumbent's margin is its input's float64 forward margin.
 - "candidate" only reports the solver's incumbent (input columns and claimed margin <= 0); it is a
   counterexample only after ``verifier.replay`` re-runs it in onnxruntime.  Never "falsified" here.
 - LP objective values are not proofs: ``lp_dual_bound`` rebuilds the LP bound from the row duals
@@ -194,6 +197,7 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
     else:
         raise ValueError(f"mode must be 'joint' or 'separate', not {mode!r}")
     stats["time_encode"] = time.perf_counter() - t0
+    outer = any(n.outer for n in graph.nodes)
     lows, best, timed_out, solved = [dropped_lower], None, False, 0
     for gi, g in enumerate(groups):
         t1 = time.perf_counter()
@@ -254,8 +258,9 @@ def solve_case(graph, bounds, case, *, time_limit: float, start=None, backend: s
         if r.x is not None:
             # solvers honour column bounds only up to 1e-7: clip into the box (replay re-checks)
             x = np.clip(model.input_of(r.x), case.box.lower, case.box.upper)
-            # an LP point is no network evaluation: use the float64 margin of its input instead
-            val = case.margin(graph.forward(x)) if relax else r.objective
+            # an LP point, or a MILP point of an outer approximation (sigmoid, tanh), is no
+            # network evaluation: use the float64 margin of its input instead
+            val = case.margin(graph.forward(x)) if relax or outer else r.objective
             if val is not None and (best is None or val < best[0]):
                 best = (float(val), x)
         if best is not None and best[0] <= 0:

@@ -94,7 +94,7 @@ def test_auto_falls_back_to_the_milp_where_splitting_stalls(monkeypatch):
     from verifier import pipeline
     from verifier.config import Options
     from verifier.pipeline import run
-    stalled = lambda net, prop, k, ladder, end: BabResult("timeout", None, None)
+    stalled = lambda net, prop, k, ladder, end, tune: BabResult("timeout", None, None)
     monkeypatch.setattr(pipeline, "_split_portfolio", stalled)
     rng = np.random.default_rng(1)
     W1, b1 = rng.normal(size=(8, 3)), rng.normal(size=8)

@@ -59,13 +59,13 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
                      steps: int = 20, refine: bool = False, fsb: int = 0, top: int = 1,
                      max_domains: int = 200_000, leaf_relus: int = 4, leaf_time: float = 2.0,
                      start: dict | None = None, root_lower: np.ndarray | None = None,
-                     alpha_steps: int = 0) -> BabResult:
+                     alpha_steps: int = 0, beta: bool = True) -> BabResult:
     """Decide case ``k`` of ``prop`` from ``root`` (one domain whose bounds ``eng`` computed,
     e.g. a ``bounds.Ladder``'s) by branch and bound until ``deadline`` (``perf_counter`` time).
 
     ``rule``: "relu" (ReLU phases; ``steps`` slope/multiplier steps per round, ``refine``
     recompute the children's intermediate bounds, ``fsb`` filtered strong branching among that
-    many candidates) or "input" (the input box; ``top`` inputs looked ahead, ``alpha_steps``
+    many candidates, ``beta=False`` no split multipliers) or "input" (the input box; ``top`` inputs looked ahead, ``alpha_steps``
     slope steps per batch).  ``batch``: domains split per round (default 64 for relu, 512 for
     input).  ``max_domains``: open domains kept at most (memory), beyond which the answer is
     ``unknown``.  ``start``: the root's slopes (e.g. ``Ladder.slopes``); ``root_lower``: known row
@@ -76,7 +76,7 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
     one = Property((case,), prop.n_inputs, prop.n_outputs)
     if rule == "relu":
         rows = Rows(case)
-        br = ReluRule(eng, rows, steps, refine, fsb)
+        br = ReluRule(eng, rows, steps, refine, fsb, beta)
         batch = 64 if batch is None else batch
     elif rule == "input":
         rows = Rows(case, sums=True)

@@ -107,8 +107,9 @@ class ReluRule:
     needs_coef = False
 
     def __init__(self, eng: Engine, rows: Rows, steps: int = 20, refine: bool = False,
-                 fsb: int = 0):
+                 fsb: int = 0, beta: bool = True):
         self.eng, self.rows, self.steps, self.refine, self.fsb = eng, rows, steps, refine, fsb
+        self.beta = beta
         self.relus = [i for i, n in enumerate(eng.nodes) if isinstance(n, Relu)]
 
     def free(self, dom: Domains) -> np.ndarray:
@@ -205,7 +206,7 @@ class ReluRule:
         """Row lower bounds ``(B, k)``, the input coefficients of each row's bound (for points to
         try) and the slopes and multipliers found (float32, to warm-start the children)."""
         r = alpha_opt.optimise(self.eng, dom, self.rows.C, self.rows.d, steps=self.steps,
-                               beta=True, deadline=deadline, start=start,
+                               beta=self.beta, deadline=deadline, start=start,
                                done=lambda lb: bool((self.rows.margin(lb) > 0).all()))
         alpha, beta = _params_split(r.alpha)
         lb, coef = self.eng.objective(dom, self.eng.graph.output, self.rows.C, -self.rows.d,

@@ -213,7 +213,7 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         share = 1.0 if options.method == "bab" else tune.bab_share
         r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng,
                              clock.deadline - (1 - share) * clock.left(), start=ladder.slopes,
-                             batch=tune.bab_batch, steps=tune.bab_steps,
+                             batch=tune.bab_batch, steps=tune.bab_steps, fsb=tune.bab_fsb,
                              leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
                              root_lower=bounds.margin_lower[None, :])
         entry["bab"] = r.stats

@@ -177,24 +177,6 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         if clock.left() <= 0:
             return _Outcome("timeout", level, lower=float(conj_lower.min()))
     splits = options.method in ("auto", "bab") and _few_inputs(net)
-    if options.method == "auto" and attack_left[0] > tune.min_stage and not splits:
-        # the first attack stops after one round of restarts, so that instances the bounds
-        # prove stay fast; an undecided case gets the rest of the attack's budget, with more
-        # steps and fresh restarts (LP_d-CNN image 8: missed by the first round in 0.3 s, found
-        # here within 9-13 s of a 60 s timeout, where the MILP needed 47 s).
-        # Input splitting tries points in every box itself, so it goes straight to that.
-        one = Property((case,), prop.n_inputs, prop.n_outputs)
-        deep = falsify(net, net.model_bytes, one, time_budget=attack_left[0],
-                       seed=options.seed + 1 + k, steps=tune.deep_attack_steps,
-                       rounds=tune.deep_attack_rounds)
-        attack_left[0] = 0.0
-        entry["deep_attack"] = {"time_s": round(deep.attack.time_s, 4),
-                                "best_margin": float(deep.attack.margin_best)}
-        if deep.found:
-            return _Outcome("falsified", "attack", upper=float(case.margin(deep.y32)),
-                            x32=deep.x32, y32=deep.y32)
-        if deep.attack.x_best is not None and deep.attack.margin_best < math.inf:
-            start = start if start is not None else deep.attack.x_best
     if splits:
         # few inputs: branch and bound on the input box beats one big MILP (ACAS Xu); in auto the
         # MILP keeps the rest of the time for the small nets where splitting stalls
@@ -224,6 +206,26 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
             return _Outcome("verified", "bab", lower=r.margin_lower, upper=r.margin_upper)
         if r.margin_lower is not None:         # the smallest bound over the open leaves
             case_lower = max(case_lower, r.margin_lower)
+    if options.method == "auto" and attack_left[0] > tune.min_stage and not splits:
+        # the first attack stops after one round of restarts, so that instances the bounds
+        # prove stay fast; a case branch and bound leaves open gets the rest of the attack's
+        # budget, with more steps and fresh restarts, before the MILP (LP_d-CNN image 8: missed
+        # by the first round in 0.3 s, found here within 9-13 s of a 60 s timeout, where the MILP
+        # needed 47 s).  After branch and bound, not before: it would cost every unsat case that
+        # branch and bound decides the whole budget (12 s of 120 on mnist_fc 256x2).
+        # Input splitting tries points in every box itself, so it goes straight to that.
+        one = Property((case,), prop.n_inputs, prop.n_outputs)
+        deep = falsify(net, net.model_bytes, one, time_budget=attack_left[0],
+                       seed=options.seed + 1 + k, steps=tune.deep_attack_steps,
+                       rounds=tune.deep_attack_rounds)
+        attack_left[0] = 0.0
+        entry["deep_attack"] = {"time_s": round(deep.attack.time_s, 4),
+                                "best_margin": float(deep.attack.margin_best)}
+        if deep.found:
+            return _Outcome("falsified", "attack", upper=float(case.margin(deep.y32)),
+                            x32=deep.x32, y32=deep.y32)
+        if deep.attack.x_best is not None and deep.attack.margin_best < math.inf:
+            start = start if start is not None else deep.attack.x_best
     if not use_milp or bounds is None:
         status = "timeout" if clock.left() <= 0 else "unknown"
         method = "bab" if relu_bab else ("lp" if "lp" in levels else "bounds")

@@ -132,17 +132,20 @@ class Session:
 
 
 def _status_table():
+    """HiGHS's model statuses by our names (statuses a release lacks are left out: kHighsInterrupt
+    came after 1.10)."""
     import highspy
     S = highspy.HighsModelStatus
-    return {
-        S.kOptimal: "optimal", S.kInfeasible: "infeasible",
-        S.kTimeLimit: "time_limit", S.kInterrupt: "interrupted", S.kHighsInterrupt: "interrupted",
-        S.kObjectiveBound: "cutoff", S.kObjectiveTarget: "target", S.kSolutionLimit: "limit",
-        S.kIterationLimit: "limit", S.kMemoryLimit: "error", S.kUnbounded: "unbounded",
-        S.kUnboundedOrInfeasible: "infeasible_or_unbounded", S.kModelEmpty: "optimal",
-        S.kUnknown: "unknown", S.kNotset: "error", S.kLoadError: "error", S.kModelError: "error",
-        S.kPresolveError: "error", S.kSolveError: "error", S.kPostsolveError: "error",
+    names = {
+        "kOptimal": "optimal", "kInfeasible": "infeasible", "kTimeLimit": "time_limit",
+        "kInterrupt": "interrupted", "kHighsInterrupt": "interrupted", "kObjectiveBound": "cutoff",
+        "kObjectiveTarget": "target", "kSolutionLimit": "limit", "kIterationLimit": "limit",
+        "kMemoryLimit": "error", "kUnbounded": "unbounded",
+        "kUnboundedOrInfeasible": "infeasible_or_unbounded", "kModelEmpty": "optimal",
+        "kUnknown": "unknown", "kNotset": "error", "kLoadError": "error", "kModelError": "error",
+        "kPresolveError": "error", "kSolveError": "error", "kPostsolveError": "error",
     }
+    return {getattr(S, k): v for k, v in names.items() if hasattr(S, k)}
 
 
 def solve(model, *, time_limit: float | None = None, start: np.ndarray | None = None,

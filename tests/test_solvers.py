@@ -324,3 +324,23 @@ def test_all_stable_network_is_an_lp_with_a_sound_bound():
     assert m.n_binaries == 0
     r = solve_case(g, bounds, Case(box, conjs[:1]), time_limit=5, prune=False)
     assert r.status == "verified" and truth - 2e-5 <= r.margin_lower <= truth
+
+
+def test_encoding_slack_ignores_stably_inactive_relus():
+    """A stably inactive ReLU is the constant 0 in the MILP and 0 in the network: the solver's
+    tolerances on the rows before it cannot reach the output through it.  A huge first layer
+    feeding only inactive ReLUs leaves the slack at the size of the rest of the net; the same
+    layer feeding active ReLUs is charged in full."""
+    from verifier.graph import Graph, Input, Linear, Relu
+    from verifier.solvers.case import encoding_slack
+
+    def net(bias):
+        return Graph([Input((), (1, 2)),
+                      Linear((0,), (3,), mats=(np.full((3, 2), 1e6),), bias=np.full(3, bias)),
+                      Relu((1,), (3,)),
+                      Linear((2,), (2,), mats=(np.ones((2, 3)),), bias=np.zeros(2))])
+
+    box = Box(np.zeros(2), np.full(2, 1e-3))
+    off = encoding_slack(net(-1e4), *interval_bounds(net(-1e4), box), np.array([[1.0, -1.0]]))
+    on = encoding_slack(net(1e4), *interval_bounds(net(1e4), box), np.array([[1.0, -1.0]]))
+    assert off < 1e-7 < 1e-4 < on

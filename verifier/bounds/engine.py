@@ -343,7 +343,8 @@ class Engine:
                     v = v + times(node.abs_mat(k), e[j])
                 e.append(up(v * (1.0 + gamma(node.row_terms))))
             else:
-                e.append(node.error_bound(e[node.inputs[0]]))
+                j = node.inputs[0]
+                e.append(node.error_bound(e[j], dom.lower[j], dom.upper[j]))
         return e
 
     # -- bounds of nodes ---------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class MaxPool(Node):
     def interval(self, lo: np.ndarray, hi: np.ndarray):
         return _windowed(self.windows, lo).max(axis=-1), _windowed(self.windows, hi).max(axis=-1)
 
-    def error_bound(self, e: np.ndarray) -> np.ndarray:
+    def error_bound(self, e: np.ndarray, l=None, u=None) -> np.ndarray:
         """``|max(a) - max(b)| <= max |a - b|`` over each window."""
         return _windowed(self.windows, e).max(axis=-1)
 

@@ -67,9 +67,10 @@ class Relu(Node):
     def interval(self, lo: np.ndarray, hi: np.ndarray):
         return np.maximum(lo, 0.0), np.maximum(hi, 0.0)
 
-    def error_bound(self, e: np.ndarray) -> np.ndarray:
-        """``|relu(a) - relu(b)| <= |a - b|``: deviations pass through unchanged."""
-        return e
+    def error_bound(self, e: np.ndarray, l=None, u=None) -> np.ndarray:
+        """``|relu(a) - relu(b)| <= |a - b|``: deviations pass through unchanged, except where the
+        input's bounds ``u <= 0`` hold for both values (stably inactive: both outputs are 0)."""
+        return e if u is None else np.where(u <= 0, 0.0, e)
 
     def relax(self, l: np.ndarray, u: np.ndarray, alpha: np.ndarray | None = None) -> Relaxation:
         """``alpha``: lower slopes for the unstable entries (any values in [0, 1], ``(B, size)`` or

@@ -184,7 +184,7 @@ class SShaped(Node):
         with np.errstate(all="ignore"):
             return down(self._f_lo(lo) - ORT_ERROR), up(self._f_hi(hi) + ORT_ERROR)
 
-    def error_bound(self, e: np.ndarray) -> np.ndarray:
+    def error_bound(self, e: np.ndarray, l=None, u=None) -> np.ndarray:
         """``|f_run(a) - f(b)| <= |f_run(a) - f(a)| + L |a - b| <= ORT_ERROR + L e``."""
         return up(self.lipschitz * e + ORT_ERROR)
 

@@ -99,7 +99,7 @@ def encoding_slack(graph, lower: list, upper: list, rows) -> float:
             j = n.inputs[0]
             mj = absmax(lower[j], upper[j])
             moved = n.error_bound(e[j] + MIP_TOL * np.where((lower[j] < 0) & (upper[j] > 0),
-                                                            mj, 0.0))
+                                                            mj, 0.0), lower[j], upper[j])
             e.append(moved + PRIMAL_TOL * (1.0 + m))
     C = np.atleast_2d(np.asarray(rows, np.float64))
     return float((np.abs(C) @ e[graph.output]).max(initial=0.0) * 1.01)

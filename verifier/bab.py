@@ -13,7 +13,10 @@ Small leaves (at most ``leaf_relus`` free unstable ReLUs) go to the exact MILP o
 (``exact.solve_domain``): its answer closes them, or is a counterexample.  Counterexamples: the
 input that minimises each child's linear bound is evaluated (and each box's centre); a violating
 point goes to the onnxruntime replay, and only a replayed point ends the search with
-``falsified``.
+``falsified``.  Every ``attack_every`` seconds a short PGD runs inside the boxes of the
+``attack_domains`` open domains with the lowest bounds (input rule: their own boxes, where a
+counterexample hides if there is one; ReLU rule: the case box, from fresh starts), its points
+replayed the same way.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ from .bounds.engine import Domains, Engine
 from .branching import InputRule, ReluRule, Rows
 from .exact import solve_domain
 from .graph import Graph
+from .attack import falsify
 from .replay import replay
-from .spec import Property
+from .spec import Box, Case, Property
 
 
 @dataclass
@@ -59,7 +63,8 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
                      steps: int = 20, refine: bool = False, fsb: int = 0, top: int = 1,
                      max_domains: int = 200_000, leaf_relus: int = 4, leaf_time: float = 2.0,
                      start: dict | None = None, root_lower: np.ndarray | None = None,
-                     alpha_steps: int = 0, beta: bool = True) -> BabResult:
+                     alpha_steps: int = 0, beta: bool = True, attack_every: float = 1.0,
+                     attack_domains: int = 8, attack_time: float = 0.1) -> BabResult:
     """Decide case ``k`` of ``prop`` from ``root`` (one domain whose bounds ``eng`` computed,
     e.g. a ``bounds.Ladder``'s) by branch and bound until ``deadline`` (``perf_counter`` time).
 
@@ -70,7 +75,8 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
     input).  ``max_domains``: open domains kept at most (memory), beyond which the answer is
     ``unknown``.  ``start``: the root's slopes (e.g. ``Ladder.slopes``); ``root_lower``: known row
     bounds of the root (e.g. the ladder's margins).  ``leaf_relus``, ``leaf_time``: leaves for the
-    exact MILP (see the module docstring)."""
+    exact MILP; ``attack_every``, ``attack_domains``, ``attack_time``: PGD in the worst open
+    domains (see the module docstring; ``attack_every=inf`` turns it off)."""
     t0 = time.perf_counter()
     case = prop.cases[k]
     one = Property((case,), prop.n_inputs, prop.n_outputs)
@@ -107,6 +113,7 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
     best_upper = min(best_upper, upper)
     if hit is not None:
         return result("falsified", hit)
+    next_attack = time.perf_counter() + attack_every
     while True:
         m = pool.margin(rows)
         done = m > 0
@@ -124,6 +131,18 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         # the domains with the lowest bounds first: they decide the answer
         order = np.argsort(pool.margin(rows), kind="stable")
         pick = order[:batch]
+        if time.perf_counter() >= next_attack:
+            t1 = time.perf_counter()
+            hit, upper = _attack_domains(graph, one, pool.dom.take(order[:attack_domains]),
+                                         rule, stats["rounds"],
+                                         min(attack_time, deadline - t1))
+            best_upper = min(best_upper, upper)
+            stats["attacks"] = stats.get("attacks", 0) + 1
+            stats["time_attack"] = stats.get("time_attack", 0.0) + time.perf_counter() - t1
+            if hit is not None:
+                stats["found_by"] = "attack"
+                return result("falsified", hit)
+            next_attack = time.perf_counter() + attack_every
         # small leaves go to the exact MILP (once each): its answer closes them, or is a
         # counterexample; an undecided one is split like the others
         free = br.free(pool.dom)
@@ -141,6 +160,7 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
                 if ex.status == "falsified":
                     return result("falsified", _Found(ex.upper, ex.x32, ex.y32))
                 if ex.status == "verified":
+                    stats["leaf_closed"] = stats.get("leaf_closed", 0) + 1
                     solved[b] = True
                     proven = min(proven, ex.lower)
             stats["time_leaf"] = stats.get("time_leaf", 0.0) + time.perf_counter() - t1
@@ -222,6 +242,24 @@ def _merge_params(a: dict, b: dict, na: int, nb: int) -> dict:
         pb = b.get(i, np.zeros((nb,) + ref.shape[1:], np.float32))
         out[i] = np.concatenate([pa, pb])
     return out
+
+
+def _attack_domains(graph, prop, dom, rule, seed, budget):
+    """Short PGD in the boxes of ``dom`` (input rule; the case box for ReLU domains, whose
+    phases PGD cannot keep): (replay result or None, best float64 margin seen)."""
+    case = prop.cases[0]
+    if rule == "input":
+        lo, hi = dom.box
+        boxes = [Box(lo[b], hi[b]) for b in range(dom.B)]
+    else:
+        boxes = [case.box]
+    sub = Property(tuple(Case(b, case.unsafe) for b in boxes), prop.n_inputs, prop.n_outputs)
+    found = falsify(graph, graph.model_bytes, sub, time_budget=max(budget, 0.0), seed=seed,
+                    restarts=8, steps=30, use_fgsm=False)
+    if found.found:
+        y = found.y32.reshape(-1).astype(np.float64)
+        return _Found(float(case.margin(y)), found.x32, found.y32), float(case.margin(y))
+    return None, float(found.attack.margin_best)
 
 
 def _try_points(graph, prop, rows, dom, lb, coef):

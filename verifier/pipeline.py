@@ -113,7 +113,8 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
     decides 1_1 prop_5 and 3_3 prop_9 (5 s and 4 s) where look-ahead times out."""
     first = time.perf_counter() + (end - time.perf_counter()) / 3
     kw = dict(rule="input", batch=tune.split_batch, leaf_relus=tune.leaf_relus,
-              leaf_time=tune.leaf_time)
+              leaf_time=tune.leaf_time, attack_every=tune.domain_attack_every,
+              attack_time=tune.domain_attack_time)
     r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, first, top=2, **kw)
     if r.status in ("verified", "falsified") or time.perf_counter() >= end:
         return r
@@ -197,7 +198,9 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
                              clock.deadline - (1 - share) * clock.left(), start=ladder.slopes,
                              batch=tune.bab_batch, steps=tune.bab_steps, fsb=tune.bab_fsb,
                              leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
-                             root_lower=bounds.margin_lower[None, :])
+                             root_lower=bounds.margin_lower[None, :],
+                             attack_every=tune.domain_attack_every,
+                             attack_time=tune.domain_attack_time)
         entry["bab"] = r.stats
         progress("bab", dict(r.stats, case=k))
         if r.status == "falsified":

@@ -69,7 +69,8 @@ def run(net: Graph, prop: Property, options: Options, progress=None) -> Certific
 
     if options.method in ("auto", "attack"):
         share = 1.0 if options.method == "attack" else options.attack_share
-        found, margin = _attack(net, prop, options.timeout * share, options.seed, stats)
+        found, margin = _attack(net, prop, options.timeout * share, options.seed, stats,
+                                options.tuning.attack_steps)
         attack_left[0] = options.timeout * share - found.attack.time_s
         progress("attack", dict(stats["attack"], found=found.found))
         if found.found:
@@ -129,8 +130,8 @@ def _strongest(methods) -> str:
     return max(methods, key=order.index, default="bounds")
 
 
-def _attack(net, prop, budget, seed, stats):
-    found = falsify(net, net.model_bytes, prop, time_budget=budget, seed=seed)
+def _attack(net, prop, budget, seed, stats, steps):
+    found = falsify(net, net.model_bytes, prop, time_budget=budget, seed=seed, steps=steps)
     stats["attack"] = {"time_s": round(found.attack.time_s, 4),
                        "evaluations": found.attack.evaluations,
                        "best_margin": float(found.attack.margin_best),

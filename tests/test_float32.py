@@ -89,3 +89,30 @@ def test_merged_chain_keeps_its_float32_magnitudes():
 def test_arithmetic_is_validated():
     with pytest.raises(ValueError):
         Engine(_tie_net(), arithmetic="float16")
+
+
+def test_float32_charge_uses_tightened_magnitudes():
+    """The float32 rounding of a deep layer is charged against its inputs' magnitudes: those of
+    the CROWN bounds, not of the first interval pass (which grow by ~width x per layer: a charge
+    of about 1 per neuron turned mnist_fc 256x6's margin of +0.95 into -2.7).  On a deep random
+    net the float32 margin stays within 2 % of the real one (1.3 %; 6.3 % when charged against the
+    interval magnitudes)."""
+    rng = np.random.default_rng(3)
+    nodes = [Input((), (1, 20))]
+    for _ in range(6):
+        W = rng.normal(size=(64, nodes[-1].size)) * 0.3
+        nodes.append(Linear((len(nodes) - 1,), (64,), mats=(W,), bias=rng.normal(size=64) * .1))
+        nodes.append(Relu((len(nodes) - 1,), (64,)))
+    nodes.append(Linear((len(nodes) - 1,), (2,), mats=(rng.normal(size=(2, 64)),),
+                        bias=np.zeros(2)))
+    g = Graph(nodes)
+    x = rng.random(20)
+    C, d = np.array([[1.0, -1.0]]), np.zeros(1)
+    got = {}
+    for arith in ("real", "float32"):
+        eng = Engine(g, arithmetic=arith)
+        dom = eng.bound(domains(g, x - 1e-3, x + 1e-3))
+        got[arith] = float(eng.margins(dom, C, d)[0, 0])
+    interval_scale = float(np.abs(Engine(g).interval(domains(g, x - 1e-3, x + 1e-3)).upper[-2]).max())
+    assert interval_scale > 1e2                  # the first pass's magnitudes are large here
+    assert got["real"] - 0.02 * abs(got["real"]) < got["float32"] <= got["real"], got

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph import Graph, MaxPool, Relu
-from ..ops.linear import rows_times, times
+from ..ops.linear import times
 from ..fp import ARITHMETICS, TINY, TINY32, U32, absmax, affine_interval, down, gamma, up
 
 CHUNK_ENTRIES = 1 << 23          # floats per coefficient block (64 MB; smaller blocks were
@@ -150,7 +150,7 @@ class _Sub:
     def affine(self, i: int, L: np.ndarray) -> None:
         node, dom, bs = self.eng.nodes[i], self.dom, self.bs
         for k, j in enumerate(node.inputs):
-            self.add_coef(j, rows_times(L, node.mats[k]))
+            self.add_coef(j, node.rows_times_k(L, k, self.eng.structured))
         self.add_const(L @ node.bias)
         # rounding of L A_k (sums of size_i terms, times |x_k| <= m_k) and of L b: gamma |L| absimg;
         # the float64 network's deviation |e| <= fwd: |L| fwd
@@ -243,13 +243,16 @@ class Engine:
     """Bounds for batches of domains of one graph (see the module docstring)."""
 
     def __init__(self, graph: Graph, chunk_entries: int = CHUNK_ENTRIES,
-                 arithmetic: str = "float32"):
+                 arithmetic: str = "float32", structured: str = "auto"):
         if arithmetic not in ARITHMETICS:
             raise ValueError(f"arithmetic must be one of {ARITHMETICS}, not {arithmetic!r}")
         self.arithmetic = arithmetic
         self.graph = graph
         self.nodes = graph.nodes
         self.chunk = int(chunk_entries)
+        if structured not in ("auto", "always", "never"):
+            raise ValueError(f"structured must be auto, always or never, not {structured!r}")
+        self.structured = structured        # convolutions as kernels (ops.conv) or as CSR
         self.users = users = graph.consumers()
         self.relu_of: dict[int, list[int]] = {}         # input node -> Relu nodes reading it
         need = {graph.output}
@@ -476,7 +479,7 @@ class Engine:
             if node.affine:
                 v = node.bias
                 for k, j in enumerate(node.inputs):
-                    v = v + times(node.mats[k], xh[j])
+                    v = v + node.times_k(k, xh[j], self.structured)
                 xh[i] = v
                 continue
             Li, R = sub.tape[i]

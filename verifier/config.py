@@ -43,12 +43,21 @@ class Tuning:
     split_batch: int = 512      # boxes split per round by input splitting (ACAS Xu)
     leaf_relus: int = 4         # domains with at most this many free unstable ReLUs go to the MILP
     leaf_time: float = 2.0      # seconds for each such leaf MILP
+    memory_gb: float = 4.0      # cap on the coefficient blocks of one back-substitution (GiB):
+                                # two workers stay well under 24 GB; the largest block on oval21
+                                # and cifar10_resnet is 67 MB, so only wider nets feel it (nodes
+                                # whose one row would not fit keep interval bounds; an output
+                                # that does not fit is `unknown`, with the reason in stats)
 
     def __post_init__(self):
         for name in ("alpha_share", "lp_share", "split_share", "bab_share"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
                 raise OptionsError(f"{name} must lie in (0, 1], got {v!r}")
+        if not (isinstance(self.memory_gb, (int, float)) and math.isfinite(self.memory_gb)
+                and self.memory_gb > 0):
+            raise OptionsError(f"memory_gb must be a positive number of GiB, got "
+                               f"{self.memory_gb!r}")
         for name in ("min_stage", "milp_neuron_time", "leaf_time"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):

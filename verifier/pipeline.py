@@ -20,6 +20,7 @@ import numpy as np
 from .attack import falsify
 from .bab import branch_and_bound
 from .bounds import Ladder
+from .bounds.engine import MemoryCapError
 from .certificate import Certificate
 from .config import Options
 from .exact import solve_domain
@@ -86,8 +87,14 @@ def run(net: Graph, prop: Property, options: Options, progress=None) -> Certific
         if clock.left() <= 0:
             return cert("timeout", _strongest(methods), upper=best_upper)
         start = best_x if best_x is not None and case.box.contains(best_x) else None
-        outcome = _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, stats,
-                               progress, attack_left)
+        try:
+            outcome = _decide_case(net, prop, k, case, levels, use_milp, clock, start, options,
+                                   stats, progress, attack_left)
+        except (MemoryCapError, MemoryError) as e:
+            # the bounds of this case do not fit the memory cap (or the machine): nothing is
+            # claimed about it, and the reason goes with the answer
+            stats["unknown_reason"] = f"memory: {e}" if str(e) else "memory: out of memory"
+            return cert("unknown", _strongest(methods), upper=best_upper)
         if outcome.status == "falsified":
             return cert("falsified", outcome.method, upper=outcome.upper, x=outcome.x32,
                         y=outcome.y32)
@@ -157,7 +164,8 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     case_stats.append(entry)
     tune = options.tuning
     ladder = Ladder(net, case.box.lower, case.box.upper, C, d, arithmetic=options.arithmetic,
-                    alpha_steps=tune.alpha_steps)
+                    alpha_steps=tune.alpha_steps, memory_gb=tune.memory_gb)
+    entry["engine"] = ladder.eng.stats          # largest block, rows bounded per node (live)
     bounds, conj_lower = None, np.full(n_conj, -np.inf)
     for level in levels:
         budget = max(0.0, clock.left() * tune.lp_share)

@@ -137,3 +137,35 @@ def test_residual_conv_net_bounds_equal_with_kernels_and_hold_on_samples():
         assert np.all(v >= a.lower[i][0]) and np.all(v <= a.upper[i][0]), i
     y = g.forward_all(X)[g.output] @ C.T
     assert np.all(y >= ma[0][0]) and np.all(y <= ma[1][0])
+
+
+def test_a_milp_that_would_be_refused_leaves_its_time_to_branch_and_bound():
+    """Weights below 1e-10 (as in oval21's deep and wide nets) make the MILP unusable: the
+    pipeline knows before branch and bound and skips it, with the reason in stats."""
+    from verifier import Options, verify
+    from verifier.bounds import Ladder
+    from verifier.exact import milp_refusal
+    model = _resnet_block()
+    g_ok = convert(model)
+    for t in model.graph.initializer:
+        if t.name == "G":
+            from onnx import numpy_helper
+            G = numpy_helper.to_array(t).copy()
+            G[0, 0] = 1e-13
+            t.CopyFrom(numpy_helper.from_array(G, "G"))
+    g = convert(model)
+    x = np.full(g.n_inputs, 0.5)
+    label = int(np.argmax(g.forward(x)))
+    from verifier.api import robustness
+    case = robustness(g, x, label, 0.05).cases[0]
+    C, d, _ = case.stacked()
+    reasons = []
+    for net in (g_ok, g):
+        lad = Ladder(net, case.box.lower, case.box.upper, C, d)
+        lad.run("symbolic")
+        reasons.append(milp_refusal(lad.eng, lad.dom, case))
+    assert reasons[0] is None and "below 1e-10" in reasons[1]
+    cert = verify(g, x, label=label, eps=0.05, options=Options(timeout=6))
+    entry = cert.stats["per_case"][0]
+    assert cert.status == "timeout" and "bab" in entry and "milp" not in entry
+    assert "below 1e-10" in entry["milp_skipped"]

@@ -201,6 +201,8 @@ def describe_stats(stats: dict, max_cases: int = 4) -> list[str]:
         lines.extend(_describe_case(entry, len(cases) > 1))
     if len(cases) > max_cases:
         lines.append(f"  ... and {len(cases) - max_cases} more input boxes (see --json)")
+    if s.get("unknown_reason"):
+        lines.append(f"  unknown  {s['unknown_reason']}")
     return lines
 
 
@@ -217,6 +219,13 @@ def _describe_case(entry: dict, many: bool) -> list[str]:
             vals = [v for v in m if v is not None]
             mtxt = f"; margin >= {_down(min(vals))}" if len(vals) == len(m) else "; margin >= -inf"
         out.append(f"  bounds   {tag}unstable ReLUs {ladder}{mtxt}  ({t:.2f} s)")
+    e = entry.get("engine")
+    if isinstance(e, dict) and e.get("rows_bounded") is not None:
+        rows = sum(int(v) for v in e["rows_bounded"].values())
+        capped = e.get("interval_only") or []
+        cap = f"; interval bounds only (memory cap) at nodes {capped}" if capped else ""
+        out.append(f"  engine   {tag}largest coefficient block {e.get('max_block_bytes', 0) / 2**20:.1f}"
+                   f" MiB, {rows} neuron bounds back-substituted{cap}")
     sp = entry.get("split")
     if isinstance(sp, dict):
         leaf = f", {sp['leaf_milps']} leaf MILPs" if sp.get("leaf_milps") else ""

@@ -51,12 +51,21 @@ class Tuning:
     domain_attack_every: float = 0.3   # ACAS Xu prop_2 1_2 / 1_5 (sat): 3.1 / 44 s without, 1.3 / 1.2 s
                                        # every 1 s, 0.4 / 0.5 s every 0.3 s; 2_7 prop_1 (unsat) 28 -> 29 s
     domain_attack_time: float = 0.1
+    memory_gb: float = 4.0      # cap on the coefficient blocks of one back-substitution (GiB):
+                                # two workers stay well under 24 GB; the largest block on oval21
+                                # and cifar10_resnet is 67 MB, so only wider nets feel it (nodes
+                                # whose one row would not fit keep interval bounds; an output
+                                # that does not fit is `unknown`, with the reason in stats)
 
     def __post_init__(self):
         for name in ("alpha_share", "lp_share", "split_share", "bab_share"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
                 raise OptionsError(f"{name} must lie in (0, 1], got {v!r}")
+        if not (isinstance(self.memory_gb, (int, float)) and math.isfinite(self.memory_gb)
+                and self.memory_gb > 0):
+            raise OptionsError(f"memory_gb must be a positive number of GiB, got "
+                               f"{self.memory_gb!r}")
         for name in ("min_stage", "milp_neuron_time", "leaf_time", "domain_attack_time"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):

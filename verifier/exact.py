@@ -13,7 +13,9 @@ import numpy as np
 from .bounds.engine import Domains, Engine
 from .fp import gamma
 from .replay import replay
+from .encode import encode_network
 from .solvers import solve_case
+from .solvers.case import unsafe_numbers
 from .spec import Case, Property
 
 
@@ -36,6 +38,15 @@ def output_slack(eng: Engine, dom: Domains, C: np.ndarray) -> float:
     dev = eng.deviation(dom)[eng.graph.output][0]
     per_row = np.abs(C) @ dev
     return float(np.nextafter(per_row.max(initial=0.0) * (1 + gamma(C.shape[1])), np.inf))
+
+
+def milp_refusal(eng: Engine, dom: Domains, case: Case) -> str | None:
+    """Why the MILP of domain 0 would not be solved at all (its numbers leave the range in which
+    HiGHS's answers prove anything, e.g. weights below 1e-10 in oval21's deep and wide nets), or
+    None.  The same check ``solve_case`` makes after encoding, made before time is set aside."""
+    box = type(case.box)(dom.lower[0][0], dom.upper[0][0])
+    net = encode_network(eng.graph, ([v[0] for v in dom.lower], [v[0] for v in dom.upper]), box)
+    return unsafe_numbers(net)
 
 
 def solve_domain(eng: Engine, dom: Domains, case: Case, n_inputs: int, n_outputs: int,

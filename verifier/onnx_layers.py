@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .graph import MaxPool
+from .ops.conv import ConvMatrix
 from .onnx_ops import Tensor, Unsupported, _index, _name, _params, _text
 
 
@@ -190,8 +191,18 @@ def conv(cv, node, args, attrs):
     cv._check_finite("Conv", _name(node), w)          # also taps that only meet the padding
     A = sp.csr_array((vals[keep], (rows[keep], cols[keep])), shape=(M * P, C * S))
     bias = np.zeros(M * P) if b is None else np.repeat(b.astype(np.float64), P)
-    return cv._linear([(x, A)], bias, (1, M) + tuple(outs), "Conv", _name(node),
-                      params=_params(w, b))
+    out = cv._linear([(x, A)], bias, (1, M) + tuple(outs), "Conv", _name(node),
+                     params=_params(w, b))
+    if len(spatial) in (1, 2):                        # the kernel form for back-substitution
+        _, _, applied = _spatial_geometry(spatial, kernel, attrs)
+        nd = len(spatial)
+        grow = lambda v, one: (one,) * (2 - nd) + tuple(int(t) for t in v)
+        cv.nodes[out.node].set_convs([ConvMatrix(
+            w.reshape((M, Cg) + (1,) * (2 - nd) + tuple(kernel)), (C,) + grow(spatial, 1),
+            grow(outs, 1), grow(attrs.get("strides", [1] * nd), 1),
+            grow(attrs.get("dilations", [1] * nd), 1), grow([lo for lo, _ in applied], 0),
+            groups)])
+    return out
 
 
 def _pool_windows(x, attrs, global_pool):

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .graph import Graph, Input, Linear, Node
+from .ops.conv import compose
 
 
 def _nnz(A) -> int:
@@ -46,24 +47,29 @@ def _merge(outer: Linear, k: int, inner: Linear):
     onnxruntime still runs one after the other) is carried into the merged node."""
     A = outer.mats[k]
     Aabs = _abs_mat(outer, k)
-    terms, mags = {}, {}
+    terms, mags, convs = {}, {}, {}
     for kk, (j, B) in enumerate(zip(inner.inputs, inner.mats)):
         terms[j] = _product(A, B)
         mags[j] = _product(Aabs, _abs_mat(inner, kk))
+        convs[j] = compose(A, outer.conv(k), B, inner.conv(kk))
     if sum(_nnz(P) for P in terms.values()) > _nnz(A) + sum(_nnz(B) for B in inner.mats):
         return None
     for kk, (j, B) in enumerate(zip(outer.inputs, outer.mats)):
         if j != outer.inputs[k]:
+            convs[j] = None if j in terms else outer.conv(kk)      # a sum: no kernel form
             terms[j] = terms[j] + B if j in terms else B
             mags[j] = mags[j] + _abs_mat(outer, kk) if j in mags else _abs_mat(outer, kk)
     bias = outer.bias + A @ inner.bias
     as_type = lambda P: np.asarray(P) if isinstance(P, np.ndarray) else sp.csr_array(P)
-    return Linear(tuple(terms), outer.shape, name=outer.name,
-                  origin=f"{inner.origin}+{outer.origin}", params=inner.params + outer.params,
-                  mats=tuple(as_type(P) for P in terms.values()), bias=np.asarray(bias, np.float64),
-                  abs_mats=tuple(as_type(M) for M in mags.values()),
-                  abs_bias=np.asarray(_abs_bias(outer) + Aabs @ _abs_bias(inner), np.float64),
-                  chain_terms=outer.terms32 + inner.terms32)
+    merged = Linear(tuple(terms), outer.shape, name=outer.name,
+                    origin=f"{inner.origin}+{outer.origin}", params=inner.params + outer.params,
+                    mats=tuple(as_type(P) for P in terms.values()),
+                    bias=np.asarray(bias, np.float64),
+                    abs_mats=tuple(as_type(M) for M in mags.values()),
+                    abs_bias=np.asarray(_abs_bias(outer) + Aabs @ _abs_bias(inner), np.float64),
+                    chain_terms=outer.terms32 + inner.terms32)
+    merged.set_convs([convs[j] for j in terms])
+    return merged
 
 
 def simplify(graph: Graph) -> Graph:

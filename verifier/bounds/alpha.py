@@ -124,6 +124,8 @@ def tighten_intermediate(eng: Engine, dom: Domains, steps: int = 20, lr: float =
             continue
         if deadline is not None and time.perf_counter() > deadline:
             break
+        if not eng.fits(t, 2):                  # left at its (interval) bounds by the memory cap
+            continue
         lo, hi = dom.lower[t], dom.upper[t]
         rows = np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))[:max_rows]
         if rows.size == 0 or not initial(eng, dom, 1).keys() & set(range(t)):

@@ -44,11 +44,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph import Graph, MaxPool, Relu
-from ..ops.linear import rows_times, times
+from ..ops.linear import times
 from ..fp import ARITHMETICS, TINY, TINY32, U32, absmax, affine_interval, down, gamma, up
 
 CHUNK_ENTRIES = 1 << 23          # floats per coefficient block (64 MB; smaller blocks were
                                  # measured slower on ACAS Xu batches: more Python per entry)
+BLOCK_COPIES = 8                 # blocks alive at once in one step (coefficients held at up to
+                                 # three nodes of a residual net, L+, L-, the product and its
+                                 # magnitude, a convolution's padded map): a memory cap divided by
+                                 # this bounds the block
+
+
+class MemoryCapError(RuntimeError):
+    """An objective whose smallest coefficient block (one row of one domain) does not fit the
+    memory cap; the message says which node and how many bytes."""
 
 
 def bdot(L: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -150,7 +159,7 @@ class _Sub:
     def affine(self, i: int, L: np.ndarray) -> None:
         node, dom, bs = self.eng.nodes[i], self.dom, self.bs
         for k, j in enumerate(node.inputs):
-            self.add_coef(j, rows_times(L, node.mats[k]))
+            self.add_coef(j, node.rows_times_k(L, k, self.eng.structured))
         self.add_const(L @ node.bias)
         # rounding of L A_k (sums of size_i terms, times |x_k| <= m_k) and of L b: gamma |L| absimg;
         # the float64 network's deviation |e| <= fwd: |L| fwd
@@ -243,13 +252,22 @@ class Engine:
     """Bounds for batches of domains of one graph (see the module docstring)."""
 
     def __init__(self, graph: Graph, chunk_entries: int = CHUNK_ENTRIES,
-                 arithmetic: str = "float32"):
+                 arithmetic: str = "float32", structured: str = "auto",
+                 memory_bytes: float | None = None):
         if arithmetic not in ARITHMETICS:
             raise ValueError(f"arithmetic must be one of {ARITHMETICS}, not {arithmetic!r}")
         self.arithmetic = arithmetic
         self.graph = graph
         self.nodes = graph.nodes
+        # memory cap of a back-substitution: blocks of at most cap / (8 BLOCK_COPIES) floats;
+        # a node whose single row would not fit keeps its interval bounds (``bound``)
+        self.memory_bytes = memory_bytes
         self.chunk = int(chunk_entries)
+        if memory_bytes is not None:
+            self.chunk = max(1, min(self.chunk, int(memory_bytes // (8 * BLOCK_COPIES))))
+        if structured not in ("auto", "always", "never"):
+            raise ValueError(f"structured must be auto, always or never, not {structured!r}")
+        self.structured = structured        # convolutions as kernels (ops.conv) or as CSR
         self.users = users = graph.consumers()
         self.relu_of: dict[int, list[int]] = {}         # input node -> Relu nodes reading it
         need = {graph.output}
@@ -264,9 +282,24 @@ class Engine:
         # but Relu: max-pool, sigmoid, tanh): all their entries are bounded
         self.full_rows = {graph.output} | {i for i in self.needed if any(
             not (self.nodes[c].affine or isinstance(self.nodes[c], Relu)) for c in users[i])}
-        self.stats = {"max_block_bytes": 0, "rows_bounded": {}}
+        # what the bounds cost: the largest coefficient block (bytes), the rows back-substituted
+        # per node (summed over every call), the nodes left at interval bounds by the memory cap
+        self.stats = {"max_block_bytes": 0, "rows_bounded": {}, "interval_only": []}
+        self.width = np.maximum.accumulate([n.size for n in self.nodes])   # widest node <= t
 
-    # -- small pieces ----------------------------------------------------------------------------
+    # -- small pieces ---------------------------------------------------------------------------
+    def fits(self, t: int, rows: int = 1) -> bool:
+        """Whether a block of ``rows`` rows of one domain over nodes up to ``t`` fits the cap."""
+        return self.memory_bytes is None or \
+            8.0 * BLOCK_COPIES * rows * float(self.width[t]) <= self.memory_bytes
+
+    def _need_fit(self, t: int) -> None:
+        if not self.fits(t):
+            need = 8 * BLOCK_COPIES * int(self.width[t])
+            raise MemoryCapError(f"one coefficient row of node {t} needs {need / 2**20:.1f} MiB "
+                                 f"(width {int(self.width[t])}), over the memory cap of "
+                                 f"{self.memory_bytes / 2**20:.1f} MiB")
+
     def mag(self, dom: Domains, j: int) -> np.ndarray:
         return absmax(dom.lower[j], dom.upper[j])
 
@@ -387,6 +420,12 @@ class Engine:
             # batches): a stable entry's tighter bounds tighten the intervals after it
             rows = np.arange(lo.shape[1]) if i in self.full_rows else \
                 np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))
+            if rows.size and not self.fits(i, 2):
+                # even one lower/upper row pair would break the cap: the interval bounds stay
+                # (sound, looser); the relaxations after it use them
+                if i not in self.stats["interval_only"]:
+                    self.stats["interval_only"].append(i)
+                continue
             self.stats["rows_bounded"][i] = self.stats["rows_bounded"].get(i, 0) + int(rows.size)
             if rows.size:
                 rlo, rhi = self.node_rows(dom, i, rows)
@@ -439,6 +478,7 @@ class Engine:
         and multipliers (a dict keyed like ``alpha`` and ``("beta", node)``; see ``_slope_grad``)
         and with respect to ``L`` (the relaxation's minimising value of ``v_t``, ``(B, k, size_t)``).
         Infeasible domains get ``+inf``."""
+        self._need_fit(t)
         L = np.asarray(L, np.float64)
         B = dom.B
         if L.ndim == 2:
@@ -489,7 +529,7 @@ class Engine:
             if node.affine:
                 v = node.bias
                 for k, j in enumerate(node.inputs):
-                    v = v + times(node.mats[k], xh[j])
+                    v = v + node.times_k(k, xh[j], self.structured)
                 xh[i] = v
                 continue
             Li, R = sub.tape[i]
@@ -512,6 +552,7 @@ class Engine:
                      beta: dict | None = None) -> dict:
         """The coefficients ``(B, k, size)`` that reach each relaxed node in the back-substitution
         of ``L @ v_t`` (e.g. to score where splitting pays): ``{node: coefficients}``."""
+        self._need_fit(t)
         L = np.asarray(L, np.float64)
         if L.ndim == 2:
             L = np.broadcast_to(L, (dom.B,) + L.shape)

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from ..config import Tuning
 from ..graph import Graph
 from . import alpha as alpha_opt
 from .engine import Engine, domains, output_interval
@@ -28,9 +29,10 @@ class Ladder:
 
     def __init__(self, graph: Graph, lower, upper, C=None, d=None, *,
                  alpha_steps: int = ALPHA_STEPS, margin_lp: bool = True,
-                 arithmetic: str = "float32"):
+                 arithmetic: str = "float32", memory_gb: float | None = Tuning().memory_gb):
         self.graph = graph
-        self.eng = Engine(graph, arithmetic=arithmetic)
+        self.eng = Engine(graph, arithmetic=arithmetic,
+                          memory_bytes=None if memory_gb is None else memory_gb * 2**30)
         self.dom = domains(graph, lower, upper)
         self.C, self.d = _check_property(graph, C, d)
         self.alpha_steps = alpha_steps

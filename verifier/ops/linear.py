@@ -52,6 +52,9 @@ class Linear(Node):
     abs_mats: tuple | None = None
     abs_bias: np.ndarray | None = None
     chain_terms: int | None = None
+    # a ``ConvMatrix`` per input whose matrix is a convolution (None elsewhere, or None for all):
+    # the fast form of the products with coefficient blocks (``ops.conv``); set with ``set_convs``
+    convs: tuple | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     kind = "linear"
@@ -111,6 +114,35 @@ class Linear(Node):
         """Dense rows ``A_k[rows]`` (an exact selection)."""
         A = self.mats[k]
         return A[rows].toarray() if sp.issparse(A) else A[rows]
+
+    def set_convs(self, convs) -> None:
+        """Pair input ``k``'s matrix with ``convs[k]`` (a ``ConvMatrix`` or None); one that does
+        not reproduce the matrix on a random probe is left out (``ConvMatrix.matches``)."""
+        convs = tuple(c if c is not None and c.matches(A) else None
+                      for c, A in zip(convs, self.mats))
+        self.convs = convs if any(c is not None for c in convs) else None
+
+    def conv(self, k: int):
+        return None if self.convs is None else self.convs[k]
+
+    def _use_conv(self, k: int, structured: str):
+        """The ConvMatrix to multiply by: ``structured`` is ``auto`` (where it pays, see
+        ``ConvMatrix.pays``), ``always`` or ``never``."""
+        c = self.conv(k)
+        if c is None or structured == "never" or (structured == "auto" and not c.pays):
+            return None
+        return c
+
+    def rows_times_k(self, L: np.ndarray, k: int, structured: str = "auto") -> np.ndarray:
+        """``L @ A_k``: the transposed convolution where input ``k`` is a convolution (see
+        ``_use_conv``), else the matrix product."""
+        c = self._use_conv(k, structured)
+        return rows_times(L, self.mats[k]) if c is None else c.rows_times(L)
+
+    def times_k(self, k: int, x: np.ndarray, structured: str = "auto") -> np.ndarray:
+        """``x @ A_k.T`` (the convolution where input ``k`` is one, see ``_use_conv``)."""
+        c = self._use_conv(k, structured)
+        return times(self.mats[k], x) if c is None else c.times(x)
 
     # -- evaluation -----------------------------------------------------------------------------
     def apply(self, xs: list[np.ndarray]) -> np.ndarray:

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .attack import falsify
 from .bounds.engine import Domains, Engine
 from .branching import InputRule, ReluRule, Rows
 from .exact import solve_domain
 from .graph import Graph
-from .attack import falsify
 from .replay import replay
 from .spec import Box, Case, Property
 
@@ -133,8 +133,10 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         pick = order[:batch]
         if time.perf_counter() >= next_attack:
             t1 = time.perf_counter()
-            hit, upper = _attack_domains(graph, one, pool.dom.take(order[:attack_domains]),
-                                         rule, stats["rounds"],
+            worst = order[:attack_domains]
+            lo, hi = pool.dom.box
+            boxes = list(zip(lo[worst], hi[worst])) if rule == "input" else None
+            hit, upper = _attack_domains(graph, one, boxes, stats["rounds"],
                                          min(attack_time, deadline - t1))
             best_upper = min(best_upper, upper)
             stats["attacks"] = stats.get("attacks", 0) + 1
@@ -244,21 +246,19 @@ def _merge_params(a: dict, b: dict, na: int, nb: int) -> dict:
     return out
 
 
-def _attack_domains(graph, prop, dom, rule, seed, budget):
-    """Short PGD in the boxes of ``dom`` (input rule; the case box for ReLU domains, whose
-    phases PGD cannot keep): (replay result or None, best float64 margin seen)."""
+def _attack_domains(graph, prop, boxes, seed, budget):
+    """Short PGD in ``boxes`` (``(lower, upper)`` pairs: the input rule's open boxes), or in the
+    case box (``None``: ReLU domains, whose phases PGD cannot keep): (replay result or None, best
+    float64 margin seen)."""
     case = prop.cases[0]
-    if rule == "input":
-        lo, hi = dom.box
-        boxes = [Box(lo[b], hi[b]) for b in range(dom.B)]
-    else:
-        boxes = [case.box]
-    sub = Property(tuple(Case(b, case.unsafe) for b in boxes), prop.n_inputs, prop.n_outputs)
-    found = falsify(graph, graph.model_bytes, sub, time_budget=max(budget, 0.0), seed=seed,
-                    restarts=8, steps=30, use_fgsm=False)
+    cases = (case,) if boxes is None else tuple(Case(Box(lo, hi), case.unsafe)
+                                                for lo, hi in boxes)
+    found = falsify(graph, graph.model_bytes, Property(cases, prop.n_inputs, prop.n_outputs),
+                    time_budget=max(budget, 0.0), seed=seed, restarts=8, steps=30,
+                    use_fgsm=False)
     if found.found:
-        y = found.y32.reshape(-1).astype(np.float64)
-        return _Found(float(case.margin(y)), found.x32, found.y32), float(case.margin(y))
+        m = float(case.margin(found.y32))
+        return _Found(m, found.x32, found.y32), m
     return None, float(found.attack.margin_best)
 
 

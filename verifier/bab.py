@@ -42,6 +42,8 @@ class BabResult:
     x32: np.ndarray | None = None
     y32: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
+    pool: object = None           # the open domains when undecided (to resume the search)
+    proven: float = np.inf        # the smallest bound of the leaves closed so far
 
 
 def concat(doms: list) -> Domains:
@@ -64,7 +66,8 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
                      max_domains: int = 200_000, leaf_relus: int = 4, leaf_time: float = 2.0,
                      start: dict | None = None, root_lower: np.ndarray | None = None,
                      alpha_steps: int = 0, beta: bool = True, attack_every: float = 1.0,
-                     attack_domains: int = 8, attack_time: float = 0.1) -> BabResult:
+                     attack_domains: int = 8, attack_time: float = 0.1,
+                     resume: BabResult | None = None) -> BabResult:
     """Decide case ``k`` of ``prop`` from ``root`` (one domain whose bounds ``eng`` computed,
     e.g. a ``bounds.Ladder``'s) by branch and bound until ``deadline`` (``perf_counter`` time).
 
@@ -76,7 +79,10 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
     ``unknown``.  ``start``: the root's slopes (e.g. ``Ladder.slopes``); ``root_lower``: known row
     bounds of the root (e.g. the ladder's margins).  ``leaf_relus``, ``leaf_time``: leaves for the
     exact MILP; ``attack_every``, ``attack_domains``, ``attack_time``: PGD in the worst open
-    domains (see the module docstring; ``attack_every=inf`` turns it off)."""
+    domains (see the module docstring; ``attack_every=inf`` turns it off).  ``resume``: an
+    undecided result of an earlier search of the same case and rule, whose open domains go on
+    from where they were, their node bounds intersected with ``root``'s (which may have been
+    tightened since: they hold in every part of the root)."""
     t0 = time.perf_counter()
     case = prop.cases[k]
     one = Property((case,), prop.n_inputs, prop.n_outputs)
@@ -92,11 +98,6 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         raise ValueError(f"unknown branching rule {rule!r}")
     stats = {"rule": br.name, "domains": 1, "rounds": 0, "max_depth": 0, "time_bound": 0.0,
              "time_branch": 0.0}
-    lb, coef, params = br.bound(root, deadline, start if rule == "relu" else None)
-    if root_lower is not None and root_lower.shape[-1] == lb.shape[1]:
-        lb = np.maximum(lb, root_lower)
-    pool = _Pool(root, lb, coef[np.arange(1), rows.deciding(lb)] if br.needs_coef else None,
-                 params)
     proven = np.inf
     best_upper = np.inf
 
@@ -107,12 +108,23 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
                                                    if status != "falsified" else None)
         up = r.margin if r is not None else (best_upper if np.isfinite(best_upper) else None)
         return BabResult(status, low, up, None if r is None else r.x32,
-                         None if r is None else r.y32, stats)
+                         None if r is None else r.y32, stats,
+                         pool if status in ("timeout", "unknown") else None, proven)
 
-    hit, upper = _try_points(graph, one, rows, root, lb, coef)
-    best_upper = min(best_upper, upper)
-    if hit is not None:
-        return result("falsified", hit)
+    if resume is not None and resume.pool is not None:
+        pool, proven = resume.pool, resume.proven
+        best_upper = resume.margin_upper if resume.margin_upper is not None else np.inf
+        _tighten(eng, pool.dom, root)
+    else:
+        lb, coef, params = br.bound(root, deadline, start if rule == "relu" else None)
+        if root_lower is not None and root_lower.shape[-1] == lb.shape[1]:
+            lb = np.maximum(lb, root_lower)
+        pool = _Pool(root, lb, coef[np.arange(1), rows.deciding(lb)] if br.needs_coef else None,
+                     params)
+        hit, upper = _try_points(graph, one, rows, root, lb, coef)
+        best_upper = min(best_upper, upper)
+        if hit is not None:
+            return result("falsified", hit)
     next_attack = time.perf_counter() + attack_every
     while True:
         m = pool.margin(rows)
@@ -196,6 +208,15 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         kc = kcoef[np.arange(kids.B), rows.deciding(klb)] if br.needs_coef else None
         rest = np.setdiff1d(np.arange(pool.dom.B), pick, assume_unique=True)
         pool = pool.keep(rest).extend(kids, klb, kc, kparams, kdepth)
+
+
+def _tighten(eng: Engine, dom: Domains, root: Domains) -> None:
+    """Intersect every domain's node bounds with the root's (one domain, valid in all of them)."""
+    for i in range(1, len(root.lower)):
+        if root.lower[i] is not None and dom.lower[i] is not None:
+            eng._set(dom, i, np.broadcast_to(root.lower[i], dom.lower[i].shape),
+                     np.broadcast_to(root.upper[i], dom.upper[i].shape))
+    dom.relax = {}
 
 
 class _Pool:

@@ -51,6 +51,14 @@ class Tuning:
     domain_attack_every: float = 0.3   # ACAS Xu prop_2 1_2 / 1_5 (sat): 3.1 / 44 s without, 1.3 / 1.2 s
                                        # every 1 s, 0.4 / 0.5 s every 0.3 s; 2_7 prop_1 (unsat) 28 -> 29 s
     domain_attack_time: float = 0.1
+    # MILP-refined intermediate bounds in auto, between a first and a second branch and bound
+    # (nets with at most refine_relus unstable ReLUs; see verifier/bounds/refine.py)
+    refine_relus: int = 1000
+    bab_first_share: float = 0.15   # the first branch and bound: what it decides stays fast
+    refine_share: float = 0.3       # of the time left for the refinement (mnist_fc 256x4 eps 0.05
+                                    # prop_0: 30 of 91 unstable stabilised in 40 s, one process)
+    refine_neuron_time: float = 1.0  # per MILP side: a proof takes 0.16-0.3 s, a failed one
+                                     # stops at the first crossing point
     memory_gb: float = 4.0      # cap on the coefficient blocks of one back-substitution (GiB):
                                 # two workers stay well under 24 GB; the largest block on oval21
                                 # and cifar10_resnet is 67 MB, so only wider nets feel it (nodes
@@ -58,7 +66,8 @@ class Tuning:
                                 # that does not fit is `unknown`, with the reason in stats)
 
     def __post_init__(self):
-        for name in ("alpha_share", "lp_share", "split_share", "bab_share"):
+        for name in ("alpha_share", "lp_share", "split_share", "bab_share", "bab_first_share",
+                     "refine_share"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
                 raise OptionsError(f"{name} must lie in (0, 1], got {v!r}")
@@ -66,7 +75,8 @@ class Tuning:
                 and self.memory_gb > 0):
             raise OptionsError(f"memory_gb must be a positive number of GiB, got "
                                f"{self.memory_gb!r}")
-        for name in ("min_stage", "milp_neuron_time", "leaf_time", "domain_attack_time"):
+        for name in ("min_stage", "milp_neuron_time", "leaf_time", "domain_attack_time",
+                     "refine_neuron_time"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise OptionsError(f"{name} must be a number of seconds >= 0, got {v!r}")
@@ -75,9 +85,10 @@ class Tuning:
             raise OptionsError("domain_attack_every must be seconds > 0 (inf: never), got "
                                f"{self.domain_attack_every!r}")
         for name in ("attack_steps", "deep_attack_steps", "deep_attack_rounds", "alpha_steps",
-                     "bab_batch", "bab_steps", "bab_fsb", "split_batch", "leaf_relus"):
+                     "bab_batch", "bab_steps", "bab_fsb", "split_batch", "leaf_relus",
+                     "refine_relus"):
             v = getattr(self, name)
-            low = 0 if name in ("alpha_steps", "leaf_relus", "bab_fsb") else 1
+            low = 0 if name in ("alpha_steps", "leaf_relus", "bab_fsb", "refine_relus") else 1
             if not (isinstance(v, int) and v >= low):
                 raise OptionsError(f"{name} must be an integer >= {low}, got {v!r}")
 

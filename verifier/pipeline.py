@@ -132,6 +132,17 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
     return r2
 
 
+def _relu_bab(net, prop, k, ladder, bounds, end: float, tune, resume=None):
+    """ReLU branch and bound from the ladder's root bounds and slopes until ``end`` (``resume``:
+    an undecided earlier search, whose open domains go on with the ladder's tighter bounds)."""
+    return branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, start=ladder.slopes,
+                            batch=tune.bab_batch, steps=tune.bab_steps, fsb=tune.bab_fsb,
+                            leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
+                            root_lower=bounds.margin_lower[None, :],
+                            attack_every=tune.domain_attack_every,
+                            attack_time=tune.domain_attack_time, resume=resume)
+
+
 def _strongest(methods) -> str:
     order = ["bounds", "lp", "split", "bab", "milp"]
     return max(methods, key=order.index, default="bounds")
@@ -213,12 +224,29 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         end = clock.deadline - (1 - share) * clock.left()
         if options.method == "auto" and not use_milp and k == len(prop.cases) - 1:
             end = clock.deadline - attack_left[0]
-        r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, start=ladder.slopes,
-                             batch=tune.bab_batch, steps=tune.bab_steps, fsb=tune.bab_fsb,
-                             leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
-                             root_lower=bounds.margin_lower[None, :],
-                             attack_every=tune.domain_attack_every,
-                             attack_time=tune.domain_attack_time)
+        unstable = bounds.report.levels[-1].unstable
+        refine = options.method == "auto" and 0 < unstable <= tune.refine_relus
+        now = time.perf_counter()
+        first_end = now + tune.bab_first_share * (end - now) if refine else end
+        r = _relu_bab(net, prop, k, ladder, bounds, first_end, tune)
+        if refine and r.status not in ("verified", "falsified") and time.perf_counter() < end:
+            # the first search did not decide: MILP-refined intermediate bounds, then a second
+            # search from the tighter root (mnist_fc 256x4 / 256x6 at eps 0.05)
+            now = time.perf_counter()
+            bounds = ladder.refine(tune.refine_share * (end - now), tune.refine_neuron_time,
+                                   options.threads)
+            entry["bounds"] = bounds.report.to_dict()
+            conj_lower = np.maximum(conj_lower,
+                                    conjunction_max(bounds.margin_lower, owner, n_conj))
+            progress("bounds", {"case": k, "level": "milp-refine",
+                                "unstable": bounds.report.levels[-1].unstable,
+                                "margin_lower": float(conj_lower.min())})
+            if conj_lower.min() > 0:
+                return _Outcome("verified", "milp", lower=float(conj_lower.min()))
+            first = {key: r.stats[key] for key in ("domains", "rounds", "time_s")
+                     if key in r.stats}
+            r = _relu_bab(net, prop, k, ladder, bounds, end, tune, resume=r)
+            r.stats["first_try"] = first
         entry["bab"] = r.stats
         progress("bab", dict(r.stats, case=k))
         if r.status == "falsified":

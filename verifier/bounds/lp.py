@@ -30,7 +30,7 @@ from ..encode import encode_network, support
 from ..graph import MaxPool
 from ..ops.sshape import SShaped
 from ..solvers import DualBound, mip_tolerance
-from ..solvers.case import unsafe_numbers
+from ..solvers.case import encoding_deviation, unsafe_numbers
 from ..solvers.highs import Session
 from ..fp import absmax, down, gamma, up
 from .engine import Domains, Engine
@@ -156,8 +156,10 @@ def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool 
     cnt["lp_cols_max"] = max(cnt.get("lp_cols_max", 0), model.n_cols)
     colmag = absmax(model.lb, model.ub)
     bias, fwd = node.bias, dom.fwd[t][0]
+    # a MILP optimum can sit below the network's by the tolerances HiGHS keeps to
+    enc = encoding_deviation(eng.graph, lower, upper, t)[t] if milp else None
 
-    def run(idx, val, const, cutoff: float | None) -> float:
+    def run(idx, val, const, cutoff: float | None, j: int = 0) -> float:
         """A sound lower bound of ``val . x[idx] + const`` over the model (or -inf)."""
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -180,7 +182,7 @@ def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool 
             if np.isfinite(info["objective"]):
                 b = min(b, info["objective"])
             scale = float(np.abs(val) @ colmag[idx]) + abs(const)
-            tau = mip_tolerance(scale)
+            tau = mip_tolerance(scale) + float(enc[j])
             return float(down(b + const - tau - gamma(3) * (abs(b) + abs(const))))
         if y is None:
             return -np.inf
@@ -198,12 +200,12 @@ def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool 
         b, f = bias[j], fwd[j]
         err = gamma(3) * (abs(b) + f)
         # max z_j: z_j <= -min(-A x) + b + f.  Cutoff: stop once min(-A x) > b + f (z_j < 0)
-        m = run(idx, -val, -const, b + f + const + CUTOFF if relu_only else None)
+        m = run(idx, -val, -const, b + f + const + CUTOFF if relu_only else None, j)
         hi[j] = min(hi[j], up(-m + b + f + err + gamma(3) * abs(m)))
         if relu_only and hi[j] <= 0:
             continue                                    # inactive: the lower bound is not needed
         # min z_j: z_j >= min(A x) + b - f.  Cutoff: stop once min(A x) > f - b (z_j > 0)
-        m = run(idx, val, const, f - b - const + CUTOFF if relu_only else None)
+        m = run(idx, val, const, f - b - const + CUTOFF if relu_only else None, j)
         lo[j] = max(lo[j], down(m + b - f - err - gamma(3) * abs(m)))
     return lo, hi
 

@@ -84,10 +84,19 @@ def encoding_slack(graph, lower: list, upper: list, rows) -> float:
     ``MIP_TOL`` times their big-M); the deviations pass through ``|A|`` to the output.  Tiny for
     ordinary nets (about 1e-7 on mnist_fc), large where big-M constants are huge (weights of
     1e11 and more, where HiGHS's answers were measured to be wrong): then nothing is proved."""
+    e = encoding_deviation(graph, lower, upper)
+    C = np.atleast_2d(np.asarray(rows, np.float64))
+    return float((np.abs(C) @ e[graph.output]).max(initial=0.0) * 1.01)
+
+
+def encoding_deviation(graph, lower: list, upper: list, upto: int | None = None) -> list:
+    """Per node up to ``upto`` (default: all), how far (entry by entry) the MILP's value of it can
+    sit from the network's when HiGHS keeps only to its tolerances (see ``encoding_slack``, which
+    charges the output's)."""
     from ..fp import absmax
     nodes = graph.nodes
     e = [np.full(nodes[0].size, PRIMAL_TOL * (1.0 + absmax(lower[0], upper[0])))]
-    for i in range(1, len(nodes)):
+    for i in range(1, len(nodes) if upto is None else upto + 1):
         n = nodes[i]
         m = absmax(lower[i], upper[i])
         if n.affine:
@@ -101,8 +110,7 @@ def encoding_slack(graph, lower: list, upper: list, rows) -> float:
             moved = n.error_bound(e[j] + MIP_TOL * np.where((lower[j] < 0) & (upper[j] > 0),
                                                             mj, 0.0), lower[j], upper[j])
             e.append(moved + PRIMAL_TOL * (1.0 + m))
-    C = np.atleast_2d(np.asarray(rows, np.float64))
-    return float((np.abs(C) @ e[graph.output]).max(initial=0.0) * 1.01)
+    return e
 
 
 def mip_tolerance(scale: float) -> float:

@@ -30,6 +30,7 @@ from ..graph import Relu
 from ..solvers import mip_tolerance
 from ..solvers.case import encoding_deviation, unsafe_numbers
 from .engine import Domains, Engine
+from .lp import _Box, _exact_prefix, _objective, _slack
 
 ROOM = 1e-6          # how far past the proving value the cutoff sits
 # primal heuristics only find the points that end a failed proof early, which the first incumbent
@@ -84,7 +85,6 @@ def refine_node(eng: Engine, dom: Domains, t: int, deadline: float, neuron_time:
                 counters: dict | None = None):
     """MILP bounds for the unstable entries of Linear node ``t`` of domain 0 (taken in ``order``
     of importance if given); returns new flat ``(lo, hi)``, never looser than before."""
-    from .lp import _Box, _exact_prefix, _objective, _slack
     cnt = counters if counters is not None else {}
     lower = [v[0] for v in dom.lower]
     upper = [v[0] for v in dom.upper]

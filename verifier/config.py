@@ -56,7 +56,7 @@ class Tuning:
     refine_relus: int = 1000
     bab_first_share: float = 0.15   # the first branch and bound: what it decides stays fast
     refine_share: float = 0.3       # of the time left for the refinement (mnist_fc 256x4 eps 0.05
-                                    # prop_0: 30 of 91 unstable stabilised in 40 s, one process)
+                                    # prop_0, one process: 203 -> 173 unstable in 18 s)
     refine_neuron_time: float = 1.0  # per MILP side: a proof takes 0.16-0.3 s, a failed one
                                      # stops at the first crossing point
     memory_gb: float = 4.0      # cap on the coefficient blocks of one back-substitution (GiB):

@@ -119,6 +119,22 @@ def _objective(node, model, j: int):
     return idx, val, const
 
 
+def mip_min(D: float, const: float, tau: float) -> float:
+    """A sound lower bound of ``objective + const`` from HiGHS's MIP dual bound ``D`` on the
+    objective: ``tau`` (``mip_tolerance`` plus the encoding's slack) and the sum's rounding off."""
+    return float(down(D + const - tau - gamma(3) * (abs(D) + abs(const))))
+
+
+def neuron_upper(m: float, b: float, f: float) -> float:
+    """``z <= ...`` from ``m <= min(-A x)``, for ``z = A x + b + e``, ``|e| <= f``."""
+    return up(-m + b + f + gamma(3) * (abs(b) + f) + gamma(3) * abs(m))
+
+
+def neuron_lower(m: float, b: float, f: float) -> float:
+    """``z >= ...`` from ``m <= min(A x)``, for ``z = A x + b + e``, ``|e| <= f``."""
+    return down(m + b - f - gamma(3) * (abs(b) + f) - gamma(3) * abs(m))
+
+
 def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool = False,
                  neuron_time: float | None = None, counters: dict | None = None):
     """LP (or MILP) bounds for the undecided entries of Linear node ``t`` of domain 0; returns
@@ -159,7 +175,7 @@ def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool 
     # a MILP optimum can sit below the network's by the tolerances HiGHS keeps to
     enc = encoding_deviation(eng.graph, lower, upper, t)[t] if milp else None
 
-    def run(idx, val, const, cutoff: float | None, j: int = 0) -> float:
+    def run(idx, val, const, cutoff: float | None, j: int) -> float:
         """A sound lower bound of ``val . x[idx] + const`` over the model (or -inf)."""
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -182,8 +198,7 @@ def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool 
             if np.isfinite(info["objective"]):
                 b = min(b, info["objective"])
             scale = float(np.abs(val) @ colmag[idx]) + abs(const)
-            tau = mip_tolerance(scale) + float(enc[j])
-            return float(down(b + const - tau - gamma(3) * (abs(b) + abs(const))))
+            return mip_min(b, const, mip_tolerance(scale) + float(enc[j]))
         if y is None:
             return -np.inf
         c = np.zeros(model.n_cols)
@@ -198,15 +213,14 @@ def tighten_node(eng: Engine, dom: Domains, t: int, deadline: float, milp: bool 
             continue
         idx, val, const = _objective(node, model, j)
         b, f = bias[j], fwd[j]
-        err = gamma(3) * (abs(b) + f)
         # max z_j: z_j <= -min(-A x) + b + f.  Cutoff: stop once min(-A x) > b + f (z_j < 0)
         m = run(idx, -val, -const, b + f + const + CUTOFF if relu_only else None, j)
-        hi[j] = min(hi[j], up(-m + b + f + err + gamma(3) * abs(m)))
+        hi[j] = min(hi[j], neuron_upper(m, b, f))
         if relu_only and hi[j] <= 0:
             continue                                    # inactive: the lower bound is not needed
         # min z_j: z_j >= min(A x) + b - f.  Cutoff: stop once min(A x) > f - b (z_j > 0)
         m = run(idx, val, const, f - b - const + CUTOFF if relu_only else None, j)
-        lo[j] = max(lo[j], down(m + b - f - err - gamma(3) * abs(m)))
+        lo[j] = max(lo[j], neuron_lower(m, b, f))
     return lo, hi
 
 

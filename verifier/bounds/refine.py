@@ -11,7 +11,8 @@ would prove the side, and stops at the first incumbent that crosses it (``stop_b
 takes a few root LPs (mnist_fc 256x4 at eps 0.05: 0.2 s against 2 s at the root without it) and a
 failure stops as soon as a point shows the neuron is unstable.  Either way HiGHS's dual bound is a
 bound (``mip_tolerance`` and the encoding's own tolerance slack ``case.encoding_deviation``
-subtracted, then rounded outward as in ``lp.tighten_node``), intersected with what was known.
+subtracted, then rounded outward by ``lp.mip_min`` / ``neuron_upper`` / ``neuron_lower``, the
+rules ``lp.tighten_node`` uses too), intersected with what was known.
 
 Neurons are taken closest to a decided sign first; those the margin does not see (zero coefficient
 at the ReLU times the intercept of its upper line) last.  With
@@ -25,12 +26,12 @@ from dataclasses import replace
 import numpy as np
 
 from ..encode import encode_network, support
-from ..fp import absmax, down, gamma, up
+from ..fp import absmax, gamma
 from ..graph import Relu
 from ..solvers import mip_tolerance
 from ..solvers.case import encoding_deviation, unsafe_numbers
 from .engine import Domains, Engine
-from .lp import _Box, _exact_prefix, _objective, _slack
+from .lp import _Box, _exact_prefix, _objective, _slack, mip_min, neuron_lower, neuron_upper
 
 ROOM = 1e-6          # how far past the proving value the cutoff sits
 # primal heuristics only find the points that end a failed proof early, which the first incumbent
@@ -83,8 +84,9 @@ def importance(eng: Engine, dom: Domains, C: np.ndarray, t: int) -> np.ndarray |
 def refine_node(eng: Engine, dom: Domains, t: int, deadline: float, neuron_time: float,
                 order: np.ndarray | None = None, pool=None, workers: int = 1,
                 counters: dict | None = None):
-    """MILP bounds for the unstable entries of Linear node ``t`` of domain 0 (taken in ``order``
-    of importance if given); returns new flat ``(lo, hi)``, never looser than before."""
+    """MILP bounds for the unstable entries of Linear node ``t`` of domain 0, closest to a sign
+    first (entries of zero ``order``, which the margin does not see, last); returns new flat
+    ``(lo, hi)``, never looser than before."""
     cnt = counters if counters is not None else {}
     lower = [v[0] for v in dom.lower]
     upper = [v[0] for v in dom.upper]
@@ -112,7 +114,9 @@ def refine_node(eng: Engine, dom: Domains, t: int, deadline: float, neuron_time:
     enc = encoding_deviation(eng.graph, lower, upper, t)[t]
     colmag = absmax(model.lb, model.ub)
     bias, fwd = node.bias, dom.fwd[t][0]
-    # the closer side first: it is the one likeliest proved, and proving it settles the neuron
+    # the closer side first: it is the one likeliest proved, and proving it settles the neuron.
+    # The cuts: neuron_upper <= 0 needs min(-A x) >= b + f + err, neuron_lower >= 0 needs
+    # min(A x) >= f - b + err (err their rounding allowance), each before mip_min's tau
     jobs, meta = [], []
     for j in rows:
         idx, val, const = _objective(node, model, j)
@@ -120,7 +124,6 @@ def refine_node(eng: Engine, dom: Domains, t: int, deadline: float, neuron_time:
         err = gamma(3) * (abs(b) + f)
         tau = mip_tolerance(float(np.abs(val) @ colmag[idx]) + abs(const)) + float(enc[j])
         room = ROOM + 1e-9 * (abs(b) + abs(const) + f)
-        # max z_j <= 0 needs min(-A x) >= b + f + err; min z_j >= 0 needs min(A x) >= f - b + err
         up_cut = b + f + err + tau + const + room
         lo_cut = f - b + err + tau - const + room
         sides = [("hi", -val, up_cut, -const), ("lo", val, lo_cut, const)]
@@ -128,22 +131,22 @@ def refine_node(eng: Engine, dom: Domains, t: int, deadline: float, neuron_time:
             sides.reverse()
         for side, v, cut, k in sides:
             jobs.append((int(j), side, idx, v, cut))
-            meta.append((int(j), side, k, tau, b, f, err))
+            meta.append((k, tau, b, f))
     duals = _run(model, jobs, neuron_time, deadline, pool, workers)
-    cnt["solves"] = cnt.get("solves", 0) + int(np.isfinite(duals).sum())
-    for (j, side, k, tau, b, f, err), D in zip(meta, duals):
+    for (j, side, *_), (k, tau, b, f), D in zip(jobs, meta, duals):
         if not np.isfinite(D):
             continue
-        m = float(down(D + k - tau - gamma(3) * (abs(D) + abs(k))))   # sound min of the side
+        m = mip_min(D, k, tau)                              # sound min of the side's objective
         if side == "hi":
-            hi[j] = min(hi[j], up(-m + b + f + err + gamma(3) * abs(m)))
+            hi[j] = min(hi[j], neuron_upper(m, b, f))
         else:
-            lo[j] = max(lo[j], down(m + b - f - err - gamma(3) * abs(m)))
+            lo[j] = max(lo[j], neuron_lower(m, b, f))
+    solves = int(np.isfinite(duals).sum())
     settled = int(((lo[rows] >= 0) | (hi[rows] <= 0)).sum())
+    cnt["solves"] = cnt.get("solves", 0) + solves
     cnt["stabilised"] = cnt.get("stabilised", 0) + settled
     cnt.setdefault("per_node", {})[t] = {"unstable": int(rows.size), "binaries": model.n_binaries,
-                                         "solves": int(np.isfinite(duals).sum()),
-                                         "stabilised": settled}
+                                         "solves": solves, "stabilised": settled}
     return lo, hi
 
 
@@ -194,12 +197,14 @@ def refine_bounds(eng: Engine, dom: Domains, C: np.ndarray, end: float, neuron_t
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    prev = None                                    # the last node refined
     try:
         for n_done, t in enumerate(targets):
             if time.perf_counter() >= end:
                 break
-            # the earlier nodes are tighter now: redo the intervals and CROWN from there
-            eng.bound(dom, upto=t, start=targets[0] + 1 if n_done else t + 1)
+            if prev is not None:
+                # the nodes after the last one refined see tighter inputs: redo them up to t
+                eng.bound(dom, upto=t, start=prev + 1)
             order = importance(eng, dom, C, t)
             now = time.perf_counter()
             deadline = now + max(0.0, end - now) / (len(targets) - n_done)
@@ -207,7 +212,9 @@ def refine_bounds(eng: Engine, dom: Domains, C: np.ndarray, end: float, neuron_t
                                  counters)
             eng._set(dom, t, lo[None], hi[None])
             counters["nodes"] += 1
-        eng.bound(dom, start=targets[0] + 1 if targets else 1)
+            prev = t
+        if prev is not None:
+            eng.bound(dom, start=prev + 1)
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

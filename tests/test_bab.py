@@ -15,7 +15,7 @@ from verifier.bounds import alpha as alpha_opt
 from verifier.config import Options
 from verifier.onnx_export import graph_to_onnx
 from verifier.pipeline import run
-from verifier.spec import Case, Conjunction, Property
+from verifier.spec import Case, Conjunction, Property, conjunction_max
 
 
 def _with_onnx(g):
@@ -162,3 +162,53 @@ def test_resumed_search_after_refined_bounds_agrees_with_enumeration():
                 assert r.status == "falsified", (r.status, true_margin, r.stats)
                 assert case.margin(r.y32.astype(np.float64)) <= 0
     assert resumed >= 3
+
+
+def _conjunction_cases(g, box, rng, n=4):
+    """Cases of three conjunctions (one of two rows) with thresholds on both sides of the exact
+    minimum of the case margin: ``(case, exact minimum margin)`` pairs."""
+    e = np.eye(g.n_outputs)
+    shapes = (np.array([e[0] - e[1]]), np.array([e[0] - e[2], e[1] - e[2]]),
+              np.array([e[2] - e[0]]))
+    conjs = lambda t: tuple(Conjunction(C, np.full(C.shape[0], t)) for C in shapes)
+    truth, _ = enumerate_min(g, box, conjs(0.0))
+    out = []
+    for _ in range(n):
+        t = truth + rng.choice([-1, 1]) * rng.uniform(0.01, 0.3) * (1 + abs(truth))
+        out.append((Case(box, conjs(t)), truth - t))
+    return out
+
+
+def test_one_search_per_conjunction_agrees_with_enumeration():
+    """``per_conjunction`` (what auto and --method bab run): verified iff the exact minimum of the
+    case margin over all conjunctions is > 0, with a bound below it; falsified points are
+    replayed counterexamples of the case; a search paused at once and resumed gives the same."""
+    from verifier.bab import per_conjunction
+    decided = 0
+    for seed in range(6):
+        rng = np.random.default_rng(700 + seed)
+        g = _with_onnx(mlp(seed, (3, 5, 4, 3)))
+        box = rand_box(seed, g.n_inputs)
+        for case, true_margin in _conjunction_cases(g, box, rng):
+            prop = Property((case,), g.n_inputs, g.n_outputs)
+            C, d, _ = case.stacked()
+            lad = Ladder(g, case.box.lower, case.box.upper, C, d, arithmetic="real")
+            b = lad.run("alpha")
+            kw = dict(start=lad.slopes, root_lower=b.margin_lower[None, :])
+            first = per_conjunction(g, prop, 0, lad.dom, lad.eng, time.perf_counter() - 1.0, **kw)
+            assert first.status in ("timeout", "verified", "falsified")
+            r = per_conjunction(g, prop, 0, lad.dom, lad.eng, time.perf_counter() + 10,
+                                resume=first, **kw)
+            if true_margin > 1e-9:
+                assert r.status == "verified", (r.status, true_margin, r.stats)
+                assert r.margin_lower <= true_margin + 1e-9
+                decided += 1
+            elif true_margin < -1e-9:
+                assert r.status == "falsified", (r.status, true_margin, r.stats)
+                assert case.box.contains(r.x32.astype(np.float64))
+                assert case.margin(r.y32.astype(np.float64)) <= 0
+                decided += 1
+            # conjunctions the root proves are not searched
+            root = conjunction_max(b.margin_lower, case.stacked()[2], len(case.unsafe))
+            assert all(root[c["conjunction"]] <= 0 for c in r.stats["conjunctions"])
+    assert decided >= 20

@@ -46,6 +46,12 @@ def fake_verify(onnx_path, vnnlib_path, *, timeout, method):
             "method": f"fake@{os.getpid()}"}
 
 
+def fake_threads(onnx_path, vnnlib_path, *, timeout, method, threads):
+    """Says which ``threads`` reached the worker."""
+    return {"status": "unknown", "margin_lower": None, "margin_upper": None,
+            "method": f"threads={threads}"}
+
+
 # (name, action, seconds, expected answer or None) -> what the row must say
 SUITE = [
     ("p0", "verified", 0.3, "unsat"),      # correct
@@ -470,3 +476,14 @@ def test_interrupt_says_resume_continues(capsys, monkeypatch, tmp_path):
     code, out, err = cli(capsys, "--instances", tmp_path / "i.csv", "--out", tmp_path / "r.csv")
     assert code == 130 and out == ""
     assert "interrupted" in err and "--resume" in err and str(tmp_path / "r.csv") in err
+
+
+def test_threads_reach_every_instance_and_bad_ones_are_refused(tmp_path):
+    csv_path = make_suite(tmp_path / "suite", suite=SUITE[:2])
+    runner = f"{Path(__file__).resolve()}:fake_threads"
+    run_instances(csv_path, jobs=1, out=tmp_path / "r.csv", runner=runner, threads=2,
+                  progress=False)
+    assert {r["method"] for r in read_rows(tmp_path / "r.csv")} == {"threads=2"}
+    with pytest.raises(BatchError, match="--threads"):
+        run_instances(csv_path, jobs=1, out=tmp_path / "r2.csv", runner=runner, threads=0,
+                      progress=False)

@@ -273,6 +273,7 @@ MNIST_PROP = ROOT / "benchmarks" / "vnncomp2022" / "mnist_fc" / "vnnlib" / "prop
     ([MLP, "--eps", "0.1", "--input", SAMPLE, "--label", "1", "--target", "1"], "target"),
     ([MLP, "--eps", "0.1", "--input", SAMPLE, "--label", "1", "--domain", "0", "nan"], "domain"),
     ([MLP, "--eps", "0.1", "--input", SAMPLE, "--label", "1", "--timeout", "nan"], "timeout"),
+    ([MLP, "--eps", "0.1", "--input", SAMPLE, "--label", "1", "--threads", "0"], "threads"),
     ([MLP, "--eps", "0.1", "--input", SAMPLE, "--label", "1", "--certificate",
       "/nonexistent/c.json"], "does not exist"),
     ([MLP, "--eps", "0.1", "--input", SAMPLE, "--label", "1", "--certificate",

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--timeout", type=float, help=f"seconds per property (default "
                      f"{api.Options().timeout:g}; with "
                      "--instances the file's timeouts)")
+    how.add_argument("--threads", type=int, help="cores one property may use (default 1): HiGHS "
+                     "threads, BLAS threads and worker processes for the MILP-refined bounds; "
+                     "with --instances, per instance (--jobs x --threads cores in all)")
     how.add_argument("--min-distortion", action="store_true",
                      help="find the smallest distortion that changes the label of --input")
     how.add_argument("--norm", default="inf", help="with --min-distortion: inf or 1 (default inf)")
@@ -234,7 +237,7 @@ def _single(args, mode: str, options) -> int:
 
 def _options(args) -> api.Options:
     return api.Options().override(method=args.method, timeout=args.timeout,
-                                  arithmetic=args.arithmetic)
+                                  arithmetic=args.arithmetic, threads=args.threads)
 
 
 def _need_file(path, what: str) -> Path:
@@ -299,7 +302,7 @@ def _instances(args) -> int:
         s = run_instances(args.instances, jobs=args.jobs, out=out, resume=args.resume,
                           plot=args.plot, scheduler=args.scheduler,
                           method=args.method or "auto", timeout=args.timeout,
-                          arithmetic=args.arithmetic,
+                          arithmetic=args.arithmetic, threads=args.threads,
                           progress=sys.stderr.isatty(), json_lines=args.json)
     print(s.table(), file=sys.stderr if args.json else sys.stdout)
     return 1 if s.wrong else 0

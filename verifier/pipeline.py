@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .attack import falsify
-from .bab import branch_and_bound
+from .bab import branch_and_bound, per_conjunction
 from .bounds import Ladder
 from .bounds.engine import MemoryCapError
 from .certificate import Certificate
@@ -133,14 +133,15 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
 
 
 def _relu_bab(net, prop, k, ladder, bounds, end: float, tune, resume=None):
-    """ReLU branch and bound from the ladder's root bounds and slopes until ``end`` (``resume``:
-    an undecided earlier search, whose open domains go on with the ladder's tighter bounds)."""
-    return branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, start=ladder.slopes,
-                            batch=tune.bab_batch, steps=tune.bab_steps, fsb=tune.bab_fsb,
-                            leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
-                            root_lower=bounds.margin_lower[None, :],
-                            attack_every=tune.domain_attack_every,
-                            attack_time=tune.domain_attack_time, resume=resume)
+    """ReLU branch and bound from the ladder's root bounds and slopes until ``end``, one search
+    per open conjunction (``resume``: an undecided earlier search, whose open domains go on with
+    the ladder's tighter bounds)."""
+    return per_conjunction(net, prop, k, ladder.dom, ladder.eng, end, start=ladder.slopes,
+                           batch=tune.bab_batch, steps=tune.bab_steps, fsb=tune.bab_fsb,
+                           leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
+                           root_lower=bounds.margin_lower[None, :],
+                           attack_every=tune.domain_attack_every,
+                           attack_time=tune.domain_attack_time, resume=resume)
 
 
 def _strongest(methods) -> str:

@@ -11,7 +11,7 @@ from .errors import BatchError
 from .plots import check_plot_path
 
 
-def check_run_options(method: str, timeout, jobs) -> None:
+def check_run_options(method: str, timeout, jobs, threads=None) -> None:
     if method not in METHODS:
         raise BatchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout)
@@ -19,6 +19,9 @@ def check_run_options(method: str, timeout, jobs) -> None:
         raise BatchError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise BatchError(f"--jobs must be a whole number of at least 1, got {jobs!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise BatchError(f"--threads must be a whole number of at least 1, got {threads!r}")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -151,7 +151,7 @@ class _Run:
     def task(self, s: _Sample, k: int) -> dict:
         kw = {"x": s.x, "label": s.label, "eps": self.eps[k], "domain": list(self.domain),
               "timeout": self.options.timeout, "method": self.options.method,
-              "arithmetic": self.options.arithmetic}
+              "arithmetic": self.options.arithmetic, "threads": self.options.threads}
         return {"args": [self.net.source], "kwargs": kw, "timeout": self.options.timeout,
                 "group": self.net.source}
 

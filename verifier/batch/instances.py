@@ -34,13 +34,15 @@ class Instance:
         return (self.onnx, self.vnnlib)
 
     def task(self, method: str, timeout: float | None = None,
-             arithmetic: str | None = None) -> dict:
+             arithmetic: str | None = None, threads: int | None = None) -> dict:
         """What a worker runs (see ``worker``): ``runner(onnx_path, vnnlib_path, timeout=,
-        method=[, arithmetic=])`` with a hard limit of ``timeout`` plus the grace."""
+        method=[, arithmetic=][, threads=])`` with a hard limit of ``timeout`` plus the grace."""
         t = float(timeout or self.timeout)
         kwargs = {"timeout": t, "method": method}
         if arithmetic is not None:
             kwargs["arithmetic"] = arithmetic
+        if threads is not None:
+            kwargs["threads"] = threads
         return {"args": [self.onnx_path, self.vnnlib_path], "kwargs": kwargs,
                 "timeout": t, "group": self.onnx_path}
 

@@ -32,7 +32,8 @@ def run_instances(instances_csv, *, jobs: int | None = None, out=None, resume: b
                   plot=None, scheduler: str | None = None, method: str = "auto",
                   timeout: float | None = None, grace: float = DEFAULT_GRACE,
                   progress: bool = True, json_lines: bool = False,
-                  runner: str = DEFAULT_RUNNER, arithmetic: str | None = None) -> Summary:
+                  runner: str = DEFAULT_RUNNER, arithmetic: str | None = None,
+                  threads: int | None = None) -> Summary:
     """Run every instance of ``instances_csv`` and append one row each to ``out``.
 
     jobs: local worker processes (default: the usable cores); ignored with ``scheduler``.
@@ -43,12 +44,14 @@ def run_instances(instances_csv, *, jobs: int | None = None, out=None, resume: b
     timeout: override every instance's timeout (seconds); hard limit = timeout + ``grace``.
     json_lines: print one JSON object per finished instance on stdout.
     arithmetic: what ``verified`` covers (``Options.arithmetic``; default float32).
+    threads: cores each instance may use (``Options.threads``; default 1): ``jobs x threads``
+         cores in all.
     runner: the per-instance function, ``module:function`` or ``file.py:function``.
     Every option is checked before any work.  Raises ``BatchError`` (bad files/options) or
     ``WorkerError`` (workers cannot start).
     """
     t0 = time.monotonic()
-    check_run_options(method, timeout, jobs)
+    check_run_options(method, timeout, jobs, threads)
     out = out or "results.csv"
     instances = read_instances(instances_csv)
     inputs = [(instances_csv, "the instances file")] + \
@@ -81,7 +84,7 @@ def run_instances(instances_csv, *, jobs: int | None = None, out=None, resume: b
                 prog.write(json_line(row, {"onnx": inst.onnx, "vnnlib": inst.vnnlib}))
             prog.advance()
 
-        pairs = [(i, i.task(method, timeout, arithmetic)) for i in todo]
+        pairs = [(i, i.task(method, timeout, arithmetic, threads)) for i in todo]
         try:
             if pairs and scheduler:
                 from .cluster import run_dask

@@ -41,20 +41,21 @@ def _load_timeout(timeout: float) -> Certificate:
 
 
 def verify_instance(onnx_path: str, vnnlib_path: str, *, timeout: float, method: str = "auto",
-                    arithmetic: str = "float32"):
+                    arithmetic: str = "float32", threads: int = 1):
     """``api.verify_vnnlib`` on one instance of an instances file."""
     net, left = _loaded(onnx_path, timeout)
     if left is None:
         return _load_timeout(timeout)
     return api.verify_vnnlib(net, vnnlib_path, options=api.Options(
-        timeout=left, method=method, arithmetic=arithmetic))
+        timeout=left, method=method, arithmetic=arithmetic, threads=threads))
 
 
 def verify_sample(onnx_path: str, *, x, label: int, eps: float, domain, timeout: float,
-                  method: str = "auto", arithmetic: str = "float32"):
+                  method: str = "auto", arithmetic: str = "float32", threads: int = 1):
     """``api.verify`` on one sample of a data set at one ε (a point of a robustness curve)."""
     net, left = _loaded(onnx_path, timeout)
     if left is None:
         return _load_timeout(timeout)
     return api.verify(net, x, label, eps, domain=domain,
-                      options=api.Options(timeout=left, method=method, arithmetic=arithmetic))
+                      options=api.Options(timeout=left, method=method, arithmetic=arithmetic,
+                                          threads=threads))

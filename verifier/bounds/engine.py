@@ -39,7 +39,7 @@ further argument: the charge is the same as for fixed slopes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -304,20 +304,22 @@ class Engine:
         return absmax(dom.lower[j], dom.upper[j])
 
     def relaxation(self, dom: Domains, i: int, alpha=None, bs: slice = slice(None)):
-        node = self.nodes[i]
-        j = node.inputs[0]
-        if alpha is None:
-            R = dom.relax.get(i)
-            if R is None:
-                R = dom.relax[i] = self._relax(node, dom, i, j, None)
-            return _slice_relax(R, bs)
-        return self._relax(node, dom, i, j, alpha, bs)
-
-    def _relax(self, node, dom, i, j, alpha, bs=slice(None)):
-        l, u = dom.lower[j][bs], dom.upper[j][bs]
-        if isinstance(node, MaxPool):
-            return node.relax(l, u, hi_out=dom.upper[i][bs])
-        return node.relax(l, u, alpha)
+        """Node ``i``'s relaxation on the domains' bounds (CROWN's slopes; cached per batch until
+        the bounds change) for the domains ``bs``; ``alpha`` (``(B, size)`` or ``(B, k, size)``)
+        replaces the lower slopes of its free entries, the only ones a slope may move (any value
+        in [0, 1] is valid there), so slope optimisation recomputes nothing else per step."""
+        R = dom.relax.get(i)
+        if R is None:
+            node = self.nodes[i]
+            l, u = dom.lower[node.inputs[0]], dom.upper[node.inputs[0]]
+            R = dom.relax[i] = (node.relax(l, u, hi_out=dom.upper[i]) if isinstance(node, MaxPool)
+                                else node.relax(l, u))
+        R = _slice_relax(R, bs)
+        if alpha is None or R.free is None:
+            return R
+        free, lo = (R.free, R.lo_slope) if alpha.ndim == 2 else (R.free[:, None, :],
+                                                                R.lo_slope[:, None, :])
+        return replace(R, lo_slope=np.where(free, np.clip(alpha, 0.0, 1.0), lo))
 
     def _set(self, dom: Domains, i: int, lo: np.ndarray, hi: np.ndarray) -> None:
         """Store node ``i``'s bounds, intersected with what is known, clamped by the phases of

@@ -67,7 +67,7 @@ class MaxPool(Node):
         sel = W[np.arange(W.shape[0]), arg]
         return sel, lmax, lmax >= other.max(axis=-1), uw.max(axis=-1)
 
-    def relax(self, l: np.ndarray, u: np.ndarray, alpha=None, hi_out=None) -> Relaxation:
+    def relax(self, l: np.ndarray, u: np.ndarray, hi_out=None) -> Relaxation:
         sel, _, dominated, umax = self._selection(l, u)
         if hi_out is not None:
             umax = np.minimum(umax, hi_out)

@@ -72,20 +72,14 @@ class Relu(Node):
         input's bounds ``u <= 0`` hold for both values (stably inactive: both outputs are 0)."""
         return e if u is None else np.where(u <= 0, 0.0, e)
 
-    def relax(self, l: np.ndarray, u: np.ndarray, alpha: np.ndarray | None = None) -> Relaxation:
-        """``alpha``: lower slopes for the unstable entries (any values in [0, 1], ``(B, size)`` or
-        ``(B, k, size)``); default CROWN's adaptive choice."""
+    def relax(self, l: np.ndarray, u: np.ndarray) -> Relaxation:
+        """CROWN's relaxation; the lower slopes of the ``free`` (unstable) entries may be replaced
+        by any values in [0, 1] (``Engine.relaxation`` does, for optimised slopes)."""
         active, _, unstable = masks(l, u)
         s, t = upper_line(l, u)
         up_slope = np.where(unstable, s, active.astype(np.float64))
         up_off = np.where(unstable, t, 0.0)
-        if alpha is None:
-            lo_slope = np.where(unstable, adaptive_slope(l, u), active.astype(np.float64))
-        else:
-            a = np.clip(alpha, 0.0, 1.0)
-            lo_slope = np.where(unstable if a.ndim == l.ndim else unstable[:, None, :], a,
-                                active.astype(np.float64) if a.ndim == l.ndim
-                                else active[:, None, :].astype(np.float64))
+        lo_slope = np.where(unstable, adaptive_slope(l, u), active.astype(np.float64))
         return Relaxation(lo_slope, up_slope, None, up_off if unstable.any() else None,
                           free=unstable)
 

@@ -188,7 +188,7 @@ class SShaped(Node):
         """``|f_run(a) - f(b)| <= |f_run(a) - f(a)| + L |a - b| <= ORT_ERROR + L e``."""
         return up(self.lipschitz * e + ORT_ERROR)
 
-    def relax(self, l: np.ndarray, u: np.ndarray, alpha=None) -> Relaxation:
+    def relax(self, l: np.ndarray, u: np.ndarray) -> Relaxation:
         sl, tl, su, tu = self._lines(l, u)
         return Relaxation(sl, su, tl, tu)
 

@@ -165,7 +165,28 @@ def test_a_milp_that_would_be_refused_leaves_its_time_to_branch_and_bound():
         lad.run("symbolic")
         reasons.append(milp_refusal(lad.eng, lad.dom, case))
     assert reasons[0] is None and "below 1e-10" in reasons[1]
-    cert = verify(g, x, label=label, eps=0.05, options=Options(timeout=6))
+    from verifier.config import Tuning
+    cert = verify(g, x, label=label, eps=0.05,
+                  options=Options(timeout=6, tuning=Tuning(milp_relus=10_000)))
     entry = cert.stats["per_case"][0]
     assert cert.status == "timeout" and "bab" in entry and "milp" not in entry
     assert "below 1e-10" in entry["milp_skipped"]
+
+
+def test_a_milp_over_the_size_rule_leaves_its_time_to_branch_and_bound():
+    """More unstable ReLUs after the bounds than ``Tuning.milp_relus``: auto gives the final
+    MILP no time (cifar10_resnet: such MILPs never finish), says why, and branch and bound runs."""
+    from verifier import Options, verify
+    from verifier.config import Tuning
+    g = convert(_resnet_block())
+    x = np.full(g.n_inputs, 0.5)
+    label = int(np.argmax(g.forward(x)))
+    for relus, skipped in ((0, True), (10_000, False)):
+        cert = verify(g, x, label=label, eps=0.05,
+                      options=Options(timeout=6, tuning=Tuning(milp_relus=relus)))
+        entry = cert.stats["per_case"][0]
+        assert "bab" in entry
+        if skipped:
+            assert "unstable ReLUs" in entry["milp_skipped"] and "milp" not in entry
+        else:
+            assert "milp_skipped" not in entry

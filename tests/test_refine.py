@@ -134,3 +134,30 @@ def test_refine_in_two_worker_processes_matches_one():
     for (l1, u1), (l2, u2) in zip(*out):
         np.testing.assert_allclose(l1, l2, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(u1, u2, rtol=1e-6, atol=1e-6)
+
+
+def test_refinement_stops_when_its_solves_rarely_settle_a_neuron(monkeypatch):
+    """The early stop (``MIN_SOLVES``, ``STOP_RATE``): with a rate no run can reach, the first
+    node with a solve is the last refined, the counters say why, and the bounds stay sound."""
+    import time
+
+    from verifier.bounds import refine
+    monkeypatch.setattr(refine, "MIN_SOLVES", 1)
+    monkeypatch.setattr(refine, "STOP_RATE", 2.0)
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        g = _net(rng)
+        lo, hi = -np.ones(3) + rng.normal(size=3) * 0.2, np.ones(3) + rng.normal(size=3) * 0.2
+        C = np.array([[1.0, -1.0]])
+        lad = Ladder(g, lo, hi, C, np.zeros(1), arithmetic="real")
+        lad.run("alpha", alpha_budget=5)
+        cnt = refine_bounds(lad.eng, lad.dom, C, time.perf_counter() + 30, neuron_time=5.0)
+        if cnt.get("solves", 0) == 0:
+            continue
+        assert "settled a neuron" in cnt["stopped"]
+        assert sum(1 for v in cnt["per_node"].values() if v["solves"]) == 1
+        vals = g.forward_all(lo + (hi - lo) * rng.random((2000, 3)))
+        for i, v in enumerate(vals):
+            assert np.all(v >= lad.dom.lower[i][0]) and np.all(v <= lad.dom.upper[i][0]), i
+        return
+    pytest.fail("no net needed a solve")

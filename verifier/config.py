@@ -45,6 +45,11 @@ class Tuning:
                                 # BaBSR alone); mnist_fc 256x2 prop_10 at 0.05: 5.8 s with 3,
                                 # 15.4 s with BaBSR alone (both time out without split multipliers)
     split_batch: int = 512      # boxes split per round by input splitting (ACAS Xu)
+    # auto gives the final MILP time only with at most this many unstable ReLUs after the bounds,
+    # else branch and bound keeps it: ResNet-2B MILPs (450-1560 binaries) never finished in 120 s,
+    # and branch and bound alone decided props 10, 22, 47 in 41 / 53 / 40 s where auto timed out;
+    # mnist_fc 256x4 prop_14 at 0.05, decided by the MILP, has 288 unstable after alpha-CROWN
+    milp_relus: int = 400
     leaf_relus: int = 4         # domains with at most this many free unstable ReLUs go to the MILP
     leaf_time: float = 2.0      # seconds for each such leaf MILP
     # short PGD inside the worst open domains of branch and bound, every domain_attack_every s
@@ -86,9 +91,10 @@ class Tuning:
                                f"{self.domain_attack_every!r}")
         for name in ("attack_steps", "deep_attack_steps", "deep_attack_rounds", "alpha_steps",
                      "bab_batch", "bab_steps", "bab_fsb", "split_batch", "leaf_relus",
-                     "refine_relus"):
+                     "refine_relus", "milp_relus"):
             v = getattr(self, name)
-            low = 0 if name in ("alpha_steps", "leaf_relus", "bab_fsb", "refine_relus") else 1
+            low = 0 if name in ("alpha_steps", "leaf_relus", "bab_fsb", "refine_relus",
+                                "milp_relus") else 1
             if not (isinstance(v, int) and v >= low):
                 raise OptionsError(f"{name} must be an integer >= {low}, got {v!r}")
 

@@ -214,9 +214,13 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
     case_lower = float(conj_lower.min())
     relu_bab = bounds is not None and not splits and options.method in ("bab", "auto")
     if use_milp and bounds is not None and relu_bab:
-        # a MILP that would be refused gets no share of the time: branch and bound takes it
-        # (all but the deep attack's budget).  oval21 deep and wide: weights of 1e-13
-        why = milp_refusal(ladder.eng, ladder.dom, case)
+        # a MILP that would be refused, or is too big to finish, gets no share of the time:
+        # branch and bound takes it (all but the deep attack's budget).  oval21 deep and wide:
+        # weights of 1e-13; cifar10_resnet: 450-1560 binaries, never a finished MILP
+        unstable = bounds.report.levels[-1].unstable
+        why = (f"{unstable} unstable ReLUs after the bounds, over the {tune.milp_relus} up to "
+               f"which the MILP gets time in auto" if unstable > tune.milp_relus
+               else milp_refusal(ladder.eng, ladder.dom, case))
         if why is not None:
             use_milp = False
             entry["milp_skipped"] = why

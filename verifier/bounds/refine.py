@@ -34,6 +34,10 @@ from .engine import Domains, Engine
 from .lp import _Box, _exact_prefix, _objective, _slack, mip_min, neuron_lower, neuron_upper
 
 ROOM = 1e-6          # how far past the proving value the cutoff sits
+# stop when, after at least MIN_SOLVES solves, fewer than STOP_RATE of them settled a neuron: on
+# mnist_fc 256x4 at eps 0.05 most of the first solves settle one (30 of 31), on ResNet-2B 5 of 38
+# did (14 s), time that branch and bound then lacked
+MIN_SOLVES, STOP_RATE = 20, 0.25
 # primal heuristics only find the points that end a failed proof early, which the first incumbent
 # does anyway: without them a proof takes 0.16 s instead of 0.26 s (mnist_fc 256x4, layer 2)
 FAST = {"mip_heuristic_effort": 0.0, "mip_heuristic_run_feasibility_jump": False}
@@ -187,8 +191,9 @@ def refine_bounds(eng: Engine, dom: Domains, C: np.ndarray, end: float, neuron_t
                   workers: int = 1) -> dict:
     """Tighten domain 0's intermediate bounds node by node (topological order) with per-neuron
     MILPs until ``end`` (``time.perf_counter()``); each node's CROWN bounds are redone first from
-    the tightened earlier nodes.  The time left is shared among the nodes still to do.  Returns
-    the counters (solves, neurons stabilised, time)."""
+    the tightened earlier nodes.  The time left is shared among the nodes still to do.  Stops
+    early when the solves rarely settle a neuron (``MIN_SOLVES``, ``STOP_RATE``).  Returns the
+    counters (solves, neurons stabilised, time, why it stopped early)."""
     t0 = time.perf_counter()
     targets = [i for i in eng.needed if i != eng.graph.output and eng.relu_of.get(i)]
     counters: dict = {"nodes": 0}
@@ -213,6 +218,11 @@ def refine_bounds(eng: Engine, dom: Domains, C: np.ndarray, end: float, neuron_t
             eng._set(dom, t, lo[None], hi[None])
             counters["nodes"] += 1
             prev = t
+            solves = counters.get("solves", 0)
+            if solves >= MIN_SOLVES and counters.get("stabilised", 0) < STOP_RATE * solves:
+                counters["stopped"] = (f"{counters.get('stabilised', 0)} of {solves} solves "
+                                       f"settled a neuron")
+                break
         if prev is not None:
             eng.bound(dom, start=prev + 1)
     finally:

@@ -63,8 +63,10 @@ def _exact_range(g: Graph, lo, hi, t: int, j: int):
     return best
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_refined_bounds_sound_nested_and_exact(seed):
+def _tiny_refined(seed):
+    """A tiny net and box of ``seed`` with its alpha-CROWN bounds, and the refinement run on
+    them (30 s, 5 s per solve): ``(rng, net, lo, hi, ladder, bounds before, counters)``."""
+    import time
     rng = np.random.default_rng(seed)
     g = _net(rng)
     lo, hi = -np.ones(3) + rng.normal(size=3) * 0.2, np.ones(3) + rng.normal(size=3) * 0.2
@@ -72,8 +74,13 @@ def test_refined_bounds_sound_nested_and_exact(seed):
     lad = Ladder(g, lo, hi, C, np.zeros(1), arithmetic="real")
     lad.run("alpha", alpha_budget=5)
     before = [(a[0].copy(), b[0].copy()) for a, b in zip(lad.dom.lower, lad.dom.upper)]
-    import time
     cnt = refine_bounds(lad.eng, lad.dom, C, time.perf_counter() + 30, neuron_time=5.0)
+    return rng, g, lo, hi, lad, before, cnt
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_refined_bounds_sound_nested_and_exact(seed):
+    rng, g, lo, hi, lad, before, cnt = _tiny_refined(seed)
     assert cnt["nodes"] >= 1
     X = lo + (hi - lo) * rng.random((3000, 3))
     vals = g.forward_all(X)
@@ -139,19 +146,11 @@ def test_refine_in_two_worker_processes_matches_one():
 def test_refinement_stops_when_its_solves_rarely_settle_a_neuron(monkeypatch):
     """The early stop (``MIN_SOLVES``, ``STOP_RATE``): with a rate no run can reach, the first
     node with a solve is the last refined, the counters say why, and the bounds stay sound."""
-    import time
-
     from verifier.bounds import refine
     monkeypatch.setattr(refine, "MIN_SOLVES", 1)
     monkeypatch.setattr(refine, "STOP_RATE", 2.0)
     for seed in range(8):
-        rng = np.random.default_rng(seed)
-        g = _net(rng)
-        lo, hi = -np.ones(3) + rng.normal(size=3) * 0.2, np.ones(3) + rng.normal(size=3) * 0.2
-        C = np.array([[1.0, -1.0]])
-        lad = Ladder(g, lo, hi, C, np.zeros(1), arithmetic="real")
-        lad.run("alpha", alpha_budget=5)
-        cnt = refine_bounds(lad.eng, lad.dom, C, time.perf_counter() + 30, neuron_time=5.0)
+        rng, g, lo, hi, lad, _, cnt = _tiny_refined(seed)
         if cnt.get("solves", 0) == 0:
             continue
         assert "settled a neuron" in cnt["stopped"]

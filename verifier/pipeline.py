@@ -213,11 +213,11 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
             return _Outcome("verified", "split", lower=r.margin_lower, upper=r.margin_upper)
     case_lower = float(conj_lower.min())
     relu_bab = bounds is not None and not splits and options.method in ("bab", "auto")
-    if use_milp and bounds is not None and relu_bab:
+    unstable = bounds.report.levels[-1].unstable if bounds is not None else 0
+    if use_milp and relu_bab:
         # a MILP that would be refused, or is too big to finish, gets no share of the time:
         # branch and bound takes it (all but the deep attack's budget).  oval21 deep and wide:
         # weights of 1e-13; cifar10_resnet: 450-1560 binaries, never a finished MILP
-        unstable = bounds.report.levels[-1].unstable
         why = (f"{unstable} unstable ReLUs after the bounds, over the {tune.milp_relus} up to "
                f"which the MILP gets time in auto" if unstable > tune.milp_relus
                else milp_refusal(ladder.eng, ladder.dom, case))
@@ -229,7 +229,6 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         end = clock.deadline - (1 - share) * clock.left()
         if options.method == "auto" and not use_milp and k == len(prop.cases) - 1:
             end = clock.deadline - attack_left[0]
-        unstable = bounds.report.levels[-1].unstable
         refine = options.method == "auto" and 0 < unstable <= tune.refine_relus
         now = time.perf_counter()
         first_end = now + tune.bab_first_share * (end - now) if refine else end

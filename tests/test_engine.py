@@ -239,6 +239,37 @@ def _split_domains(rng, g, B=4, frac=0.5):
     return eng, lo, hi, phase, eng.bound(domains(g, lo, hi, phase))
 
 
+@pytest.mark.parametrize("kind", ["dense", "residual", "maxpool"])
+def test_settled_domains_leave_the_optimisation_and_the_rest_is_unchanged(kind):
+    """``optimise(settled=...)``: a domain marked settled keeps the best slopes it had and leaves
+    the remaining steps; every other domain's optimisation is its own (per-domain Adam), so its
+    bound is the one it gets without the option; all bounds stay sound."""
+    rng = np.random.default_rng(77 + len(kind))
+    g = NETS[kind](rng)
+    eng, lo, hi, phase, dom = _split_domains(rng, g, B=8, frac=0.3)
+    C, d = rng.normal(size=(2, g.n_outputs)), rng.normal(size=2)
+    full = alpha_opt.optimise(eng, dom, C, d, steps=12, beta=True)
+    cut = np.median(eng.margins(dom, C, d).min(axis=1))       # about half the domains settle
+    seen = []
+
+    def settled(lb):
+        seen.append(lb.shape[0])
+        return lb.min(axis=1) > cut
+
+    part = alpha_opt.optimise(eng, dom, C, d, steps=12, beta=True, settled=settled)
+    assert min(seen) < dom.B                                 # the batch did shrink
+    off = part.lower.min(axis=1) > cut
+    assert np.allclose(part.lower[~off], full.lower[~off], rtol=1e-9, atol=1e-9)
+    assert np.all(part.lower[off].min(axis=1) > cut)
+    assert np.all(part.lower <= full.lower + 1e-9)
+    alpha = {i: v for i, v in part.alpha.items() if not isinstance(i, tuple)}
+    beta = {i[1]: v for i, v in part.alpha.items() if isinstance(i, tuple)} or None
+    again, _ = eng.objective(dom, g.output, C, -d, alpha=alpha, beta=beta)
+    assert np.allclose(again, part.lower, rtol=1e-9, atol=1e-9)   # the kept slopes give them
+    for b in range(dom.B):
+        _check(g, dom, b, _points(rng, g, lo[b], hi[b], n=1000), C, d, part.lower, phase)
+
+
 @pytest.mark.parametrize("kind", ["dense", "residual", "dup_input"])
 def test_split_multipliers_sound_for_any_beta(kind):
     """beta-CROWN: any multipliers >= 0 (random, huge, optimised) give bounds that hold on every

@@ -99,6 +99,8 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         raise ValueError(f"unknown branching rule {rule!r}")
     stats = {"rule": br.name, "domains": 1, "rounds": 0, "max_depth": 0, "time_bound": 0.0,
              "time_branch": 0.0}
+    if rule == "relu":
+        stats["steps"] = steps
     proven = np.inf
     best_upper = np.inf
 
@@ -261,12 +263,12 @@ def per_conjunction(graph: Graph, prop: Property, k: int, root: Domains, eng: En
             break
         if r.status != "verified":
             break                     # its deadline has passed, or it cannot be decided
-    for j, r in ran:                  # totals over the searches run here (depth: the max)
+    for j, r in ran:                  # totals over the searches run here (depth, steps: the max)
         stats["conjunctions"].append({"conjunction": j, "status": r.status,
                                       **{key: r.stats.get(key) for key in
                                          ("domains", "rounds", "max_depth", "time_s")}})
         for key, v in r.stats.items():
-            if key == "max_depth":
+            if key in ("max_depth", "steps"):
                 stats[key] = max(stats.get(key, 0), v)
             elif isinstance(v, (int, float)) and key != "time_s":
                 stats[key] = stats.get(key, 0) + v

@@ -207,7 +207,7 @@ class ReluRule:
         try) and the slopes and multipliers found (float32, to warm-start the children)."""
         r = alpha_opt.optimise(self.eng, dom, self.rows.C, self.rows.d, steps=self.steps,
                                beta=self.beta, deadline=deadline, start=start,
-                               done=lambda lb: bool((self.rows.margin(lb) > 0).all()))
+                               settled=lambda lb: self.rows.margin(lb) > 0)
         alpha, beta = _params_split(r.alpha)
         lb, coef = self.eng.objective(dom, self.eng.graph.output, self.rows.C, -self.rows.d,
                                       alpha=alpha, beta=beta)

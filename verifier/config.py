@@ -40,7 +40,14 @@ class Tuning:
     milp_neuron_time: float = 10.0   # per-neuron MILP cap at the milp bound level
     bab_batch: int = 64         # ReLU domains split per round (128 children: 1-2 s per round on
                                 # mnist_fc 256x4 with 10-20 steps)
-    bab_steps: int = 20         # slope/multiplier steps per ReLU branch-and-bound round
+    bab_steps: int = 20         # slope/multiplier steps per ReLU branch-and-bound round; mnist_fc
+                                # 256x4 prop_11 at 0.05 needs them (19 s; 5 steps: timeout at 60 s)
+    # ... and on nets with more than bab_large_relus ReLUs, where a step costs more: fewer steps,
+    # more domains (--method bab, 100 s: ResNet-2B props 10 / 22 / 47 42 / 49 / 38 -> 34 / 41 /
+    # 36 s, prop 35 timeout -> 87 s; oval21 base img8194 / img2578 timeout -> 47 s, 34 -> 25 s,
+    # deep img7878 18 -> 16 s)
+    bab_steps_large: int = 5
+    bab_large_relus: int = 2000
     bab_fsb: int = 3            # filtered strong branching among this many BaBSR candidates (1:
                                 # BaBSR alone); mnist_fc 256x2 prop_10 at 0.05: 5.8 s with 3,
                                 # 15.4 s with BaBSR alone (both time out without split multipliers)
@@ -91,10 +98,10 @@ class Tuning:
                                f"{self.domain_attack_every!r}")
         for name in ("attack_steps", "deep_attack_steps", "deep_attack_rounds", "alpha_steps",
                      "bab_batch", "bab_steps", "bab_fsb", "split_batch", "leaf_relus",
-                     "refine_relus", "milp_relus"):
+                     "refine_relus", "milp_relus", "bab_steps_large", "bab_large_relus"):
             v = getattr(self, name)
             low = 0 if name in ("alpha_steps", "leaf_relus", "bab_fsb", "refine_relus",
-                                "milp_relus") else 1
+                                "milp_relus", "bab_large_relus") else 1
             if not (isinstance(v, int) and v >= low):
                 raise OptionsError(f"{name} must be an integer >= {low}, got {v!r}")
 

@@ -137,7 +137,9 @@ def _relu_bab(net, prop, k, ladder, bounds, end: float, tune, resume=None):
     per open conjunction (``resume``: an undecided earlier search, whose open domains go on with
     the ladder's tighter bounds)."""
     return per_conjunction(net, prop, k, ladder.dom, ladder.eng, end, start=ladder.slopes,
-                           batch=tune.bab_batch, steps=tune.bab_steps, fsb=tune.bab_fsb,
+                           batch=tune.bab_batch, fsb=tune.bab_fsb,
+                           steps=(tune.bab_steps if net.relu_count <= tune.bab_large_relus
+                                  else tune.bab_steps_large),
                            leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
                            root_lower=bounds.margin_lower[None, :],
                            attack_every=tune.domain_attack_every,

@@ -126,6 +126,22 @@ def test_refine_settles_neurons_on_mnist_and_the_pipeline_uses_it():
     assert "first_try" in cert.stats["per_case"][0]["bab"]
 
 
+def test_large_nets_skip_the_refinement_and_branch_with_fewer_steps():
+    """Above ``Tuning.large_net_relus`` ReLUs (here: the 1,024 of mnist_fc 256x4 against a
+    limit of 512) auto runs one search with ``bab_steps_large`` steps and no MILP refinement."""
+    import verifier.api as api
+    from verifier.config import Options, Tuning
+    net = api.load(MNIST / "onnx" / "mnist-net_256x4.onnx")
+    prop = api.read_vnnlib(net, MNIST / "vnnlib" / "prop_0_0.05.vnnlib")
+    tune = Tuning(large_net_relus=512, bab_steps_large=3)
+    cert = api.verify_property(net, prop, Options(timeout=8.0, tuning=tune))
+    assert cert.status in ("verified", "timeout", "unknown")             # never a wrong sat
+    entry = cert.stats["per_case"][0]
+    assert "milp-refine" not in [lv["level"] for lv in entry["bounds"]["levels"]]
+    assert "first_try" not in entry["bab"]
+    assert entry["bab"]["steps"] == 3
+
+
 def test_refine_in_two_worker_processes_matches_one():
     rng = np.random.default_rng(3)
     g = _net(rng, (3, 8, 8, 2))

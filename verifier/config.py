@@ -42,12 +42,16 @@ class Tuning:
                                 # mnist_fc 256x4 with 10-20 steps)
     bab_steps: int = 20         # slope/multiplier steps per ReLU branch-and-bound round; mnist_fc
                                 # 256x4 prop_11 at 0.05 needs them (19 s; 5 steps: timeout at 60 s)
-    # ... and on nets with more than bab_large_relus ReLUs, where a step costs more: fewer steps,
+    # ... and on large nets (more than large_net_relus ReLUs), where a step costs more: fewer steps,
     # more domains (--method bab, 100 s: ResNet-2B props 10 / 22 / 47 42 / 49 / 38 -> 34 / 41 /
     # 36 s, prop 35 timeout -> 87 s; oval21 base img8194 / img2578 timeout -> 47 s, 34 -> 25 s,
     # deep img7878 18 -> 16 s)
     bab_steps_large: int = 5
-    bab_large_relus: int = 2000
+    # large nets (conv nets: oval21, cifar10_resnet, LP_d-CNN) also skip the MILP refinement: its
+    # solves there take 0.25-0.4 s and rarely settle a neuron (oval21 wide img8517: 3 of 54 in 13
+    # s; ResNet-2B prop_35: 13 of ~60 in 23 s), and ResNet-2B prop_35 was verified in 91 s
+    # without it, a timeout with it (120 s)
+    large_net_relus: int = 2000
     bab_fsb: int = 3            # filtered strong branching among this many BaBSR candidates (1:
                                 # BaBSR alone); mnist_fc 256x2 prop_10 at 0.05: 5.8 s with 3,
                                 # 15.4 s with BaBSR alone (both time out without split multipliers)
@@ -64,7 +68,8 @@ class Tuning:
                                        # every 1 s, 0.4 / 0.5 s every 0.3 s; 2_7 prop_1 (unsat) 28 -> 29 s
     domain_attack_time: float = 0.1
     # MILP-refined intermediate bounds in auto, between a first and a second branch and bound
-    # (nets with at most refine_relus unstable ReLUs; see verifier/bounds/refine.py)
+    # (nets of at most large_net_relus ReLUs with at most refine_relus unstable after the bounds;
+    # see verifier/bounds/refine.py)
     refine_relus: int = 1000
     bab_first_share: float = 0.15   # the first branch and bound: what it decides stays fast
     refine_share: float = 0.3       # of the time left for the refinement (mnist_fc 256x4 eps 0.05
@@ -98,10 +103,10 @@ class Tuning:
                                f"{self.domain_attack_every!r}")
         for name in ("attack_steps", "deep_attack_steps", "deep_attack_rounds", "alpha_steps",
                      "bab_batch", "bab_steps", "bab_fsb", "split_batch", "leaf_relus",
-                     "refine_relus", "milp_relus", "bab_steps_large", "bab_large_relus"):
+                     "refine_relus", "milp_relus", "bab_steps_large", "large_net_relus"):
             v = getattr(self, name)
             low = 0 if name in ("alpha_steps", "leaf_relus", "bab_fsb", "refine_relus",
-                                "milp_relus", "bab_large_relus") else 1
+                                "milp_relus", "large_net_relus") else 1
             if not (isinstance(v, int) and v >= low):
                 raise OptionsError(f"{name} must be an integer >= {low}, got {v!r}")
 

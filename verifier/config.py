@@ -110,6 +110,10 @@ class Tuning:
             if not (isinstance(v, int) and v >= low):
                 raise OptionsError(f"{name} must be an integer >= {low}, got {v!r}")
 
+    def large_net(self, relu_count: int) -> bool:
+        """A net above ``large_net_relus`` ReLUs: fewer branch-and-bound steps, no refinement."""
+        return relu_count > self.large_net_relus
+
 
 @dataclass(frozen=True)
 class Options:

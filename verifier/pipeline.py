@@ -138,8 +138,8 @@ def _relu_bab(net, prop, k, ladder, bounds, end: float, tune, resume=None):
     the ladder's tighter bounds)."""
     return per_conjunction(net, prop, k, ladder.dom, ladder.eng, end, start=ladder.slopes,
                            batch=tune.bab_batch, fsb=tune.bab_fsb,
-                           steps=(tune.bab_steps if net.relu_count <= tune.large_net_relus
-                                  else tune.bab_steps_large),
+                           steps=(tune.bab_steps_large if tune.large_net(net.relu_count)
+                                  else tune.bab_steps),
                            leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
                            root_lower=bounds.margin_lower[None, :],
                            attack_every=tune.domain_attack_every,
@@ -232,7 +232,7 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         if options.method == "auto" and not use_milp and k == len(prop.cases) - 1:
             end = clock.deadline - attack_left[0]
         refine = (options.method == "auto" and 0 < unstable <= tune.refine_relus
-                  and net.relu_count <= tune.large_net_relus)
+                  and not tune.large_net(net.relu_count))
         now = time.perf_counter()
         first_end = now + tune.bab_first_share * (end - now) if refine else end
         r = _relu_bab(net, prop, k, ladder, bounds, first_end, tune)

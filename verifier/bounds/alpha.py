@@ -42,14 +42,13 @@ def initial(eng: Engine, dom: Domains, k: int) -> dict:
 
 def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int = 20,
              lr: float = 0.25, deadline: float | None = None, start: dict | None = None,
-             done=None, node: int | None = None, beta: bool = False,
-             settled=None) -> AlphaResult:
+             settled=None, node: int | None = None, beta: bool = False) -> AlphaResult:
     """Optimise the slopes for lower bounds of ``C @ y - d`` (``y`` the output) on every domain of
     ``dom`` (whose intermediate bounds must be computed, e.g. by ``Engine.bound``).  ``start``:
-    initial slopes (and multipliers), e.g. a parent domain's; default CROWN's.  ``done(lower) ->
-    bool`` stops early (e.g. once every domain is proved); ``settled(lower) -> (B,) bool`` drops
-    the domains it marks (e.g. proved ones) from the remaining steps, so the steps go to the
-    domains still open (their best slopes are kept as found).  Stops after ``steps`` iterations or at
+    initial slopes (and multipliers), e.g. a parent domain's; default CROWN's.  ``settled(lower)
+    -> (B,) bool``, asked before each step, drops the domains it marks (e.g. proved ones) from
+    the remaining steps, so the steps go to the domains still open (their best slopes are kept as
+    found); once every domain is settled the optimisation stops.  Stops after ``steps`` iterations or at
     ``deadline`` (``time.perf_counter()`` time).  ``node``: bound ``C @ v_node - d`` of that node
     instead of the output (intermediate bounds).  ``beta``: also optimise a multiplier >= 0 per
     fixed ReLU phase of each domain (beta-CROWN, Wang et al. 2021: the split constraints enter the
@@ -93,7 +92,19 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
                 best_params[i][act] = np.where(better[:, :, None], params[i], best_params[i][act])
 
     it = 0
-    while it < steps and not (done is not None and done(best)):
+    while it < steps:
+        if settled is not None:
+            off = np.asarray(settled(best[act]), bool)
+            if off.all():
+                act = act[:0]
+                break
+            # a domain copy costs about a fifth of a step: shrink once a tenth is settled
+            if off.sum() >= max(1, act.size // 10):
+                keep = np.flatnonzero(~off)
+                act, dom = act[keep], dom.take(keep)
+                for store in (params, m1, m2):
+                    for i in store:
+                        store[i] = store[i][keep]
         if deadline is not None and time.perf_counter() > deadline:
             break
         it += 1
@@ -108,18 +119,6 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
             mh, vh = m1[i] / (1 - b1 ** it), m2[i] / (1 - b2 ** it)
             v = params[i] + step * mh / (np.sqrt(vh) + eps)
             params[i] = np.maximum(v, 0.0) if isinstance(i, tuple) else np.clip(v, 0.0, 1.0)
-        if settled is not None:
-            off = np.asarray(settled(best[act]), bool)
-            # a domain copy costs about a fifth of a step: shrink once a tenth is settled
-            if off.all():
-                act = act[:0]
-                break
-            if off.sum() >= max(1, act.size // 10):
-                keep = np.flatnonzero(~off)
-                act, dom = act[keep], dom.take(keep)
-                for store in (params, m1, m2):
-                    for i in store:
-                        store[i] = store[i][keep]
     if it and act.size and not (deadline is not None and time.perf_counter() > deadline):
         keep_best(evaluate(False)[0])
     return AlphaResult(best, best_params, it, time.perf_counter() - t0)

@@ -126,14 +126,14 @@ class Ladder:
         if self.C is None or self.C.shape[0] == 0 or self.alpha_steps <= 0 or self.proved():
             return None
         eng, dom, C, d, steps = self.eng, self.dom, self.C, self.d, self.alpha_steps
-        proved = lambda lb: bool(lb.min() > 0)
-        r = alpha_opt.optimise(eng, dom, C, d, steps=steps, done=proved, deadline=end,
+        proved = lambda lb: lb.min(axis=1) > 0
+        r = alpha_opt.optimise(eng, dom, C, d, steps=steps, settled=proved, deadline=end,
                                start=self.slopes)
         its, lower = r.iterations, r.lower[0]
         if lower.min() <= 0 and (end is None or time.perf_counter() < end):
             extra["alpha_rows"] = alpha_opt.tighten_intermediate(eng, dom, steps=steps,
                                                                  deadline=end)
-            r = alpha_opt.optimise(eng, dom, C, d, steps=steps, done=proved, deadline=end,
+            r = alpha_opt.optimise(eng, dom, C, d, steps=steps, settled=proved, deadline=end,
                                    start=r.alpha)
             its += r.iterations
             lower = np.maximum(lower, r.lower[0])

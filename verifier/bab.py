@@ -1,7 +1,8 @@
 """Branch and bound over domains: one driver, the branching rules in ``branching``.
 
-A pool holds the open domains of one case (``bounds.engine.Domains``: a box, a phase per ReLU
-entry, bounds of every node) with a sound lower bound on the case margin for each.  Each round the
+A pool (``pool.Pool``) holds the open domains of one case (``bounds.engine.Domains``: a box, a
+phase per ReLU entry, bounds of every node) with a sound lower bound on the case margin for each.
+Each round the
 ``batch`` open domains with the lowest bounds are split in two by the rule (ReLU phases, or the
 input box), the children are bounded together by the engine, and children whose margin lower bound
 is > 0 (or that are empty: an impossible combination of phases) are closed; the rest go back to
@@ -30,6 +31,7 @@ from .bounds.engine import Domains, Engine
 from .branching import InputRule, ReluRule, Rows
 from .exact import solve_domain
 from .graph import Graph
+from .pool import Pool
 from .replay import replay
 from .spec import Box, Case, Property, conjunction_max
 
@@ -45,20 +47,6 @@ class BabResult:
     pool: object = None           # the open domains when undecided (to resume the search)
     proven: float = np.inf        # the smallest bound of the leaves closed so far
     parts: dict | None = None     # per_conjunction: conjunction -> its own search's result
-
-
-def concat(doms: list) -> Domains:
-    """One batch holding the domains of several (with the same nodes), in order."""
-    cat = lambda vs: None if vs[0] is None else np.concatenate(vs)
-    phases: dict = {}
-    for i in {i for d in doms for i in d.phase}:        # a ReLU node's phases: (B, its size)
-        phases[i] = np.concatenate([d.phase.get(i, np.zeros((d.B, d.lower[i].shape[1]), np.int8))
-                                    for d in doms])
-    return Domains([cat([d.lower[i] for d in doms]) for i in range(len(doms[0].lower))],
-                   [cat([d.upper[i] for d in doms]) for i in range(len(doms[0].upper))],
-                   phases,
-                   [cat([d.fwd[i] for d in doms]) for i in range(len(doms[0].fwd))],
-                   [cat([d.absimg[i] for d in doms]) for i in range(len(doms[0].absimg))])
 
 
 def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: Engine,
@@ -106,13 +94,17 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
 
     def result(status, r=None):
         stats["time_s"] = round(time.perf_counter() - t0, 4)
-        low = proven if status == "verified" else (float(min(pool.margin(rows).min(initial=np.inf),
+        low = proven if status == "verified" else (float(min(open_margins()[1].min(initial=np.inf),
                                                              proven))
                                                    if status != "falsified" else None)
         up = r.margin if r is not None else (best_upper if np.isfinite(best_upper) else None)
         return BabResult(status, low, up, None if r is None else r.x32,
                          None if r is None else r.y32, stats,
                          pool if status in ("timeout", "unknown") else None, proven)
+
+    def open_margins():
+        ids = pool.ids()
+        return ids, rows.margin(pool.rows[ids])
 
     if resume is not None and resume.pool is not None:
         pool, proven = resume.pool, resume.proven
@@ -122,29 +114,30 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         lb, coef, params = br.bound(root, deadline, start if rule == "relu" else None)
         if root_lower is not None and root_lower.shape[-1] == lb.shape[1]:
             lb = np.maximum(lb, root_lower)
-        pool = _Pool(root, lb, coef[np.arange(1), rows.deciding(lb)] if br.needs_coef else None,
-                     params)
+        pool = Pool(root, lb, coef[np.arange(1), rows.deciding(lb)] if br.needs_coef else None,
+                    params, capacity=4 * batch)
         hit, upper = _try_points(graph, one, rows, root, lb, coef)
         best_upper = min(best_upper, upper)
         if hit is not None:
             return result("falsified", hit)
     next_attack = time.perf_counter() + attack_every
     while True:
-        m = pool.margin(rows)
+        ids, m = open_margins()
         done = m > 0
         if done.any():
             proven = min(proven, float(m[done].min()))
-            pool = pool.keep(np.flatnonzero(~done))
-        if pool.dom.B == 0:
+            pool.remove(ids[done])
+            ids, m = ids[~done], m[~done]
+        if ids.size == 0:
             return result("verified")
         if time.perf_counter() > deadline:
             return result("timeout")
-        if pool.dom.B > max_domains:
+        if ids.size > max_domains:
             stats["message"] = f"more than {max_domains} open domains"
             return result("unknown")
         stats["rounds"] += 1
         # the domains with the lowest bounds first: they decide the answer
-        order = np.argsort(pool.margin(rows), kind="stable")
+        order = ids[np.argsort(m, kind="stable")]
         pick = order[:batch]
         if time.perf_counter() >= next_attack:
             t1 = time.perf_counter()
@@ -160,32 +153,33 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
                 stats["found_by"] = "attack"
                 return result("falsified", hit)
             next_attack = time.perf_counter() + attack_every
+        t1 = time.perf_counter()
+        cur = pool.take(pick)
+        stats["time_pool"] = stats.get("time_pool", 0.0) + time.perf_counter() - t1
         # small leaves go to the exact MILP (once each): its answer closes them, or is a
         # counterexample; an undecided one is split like the others
-        free = br.free(pool.dom)
-        leaves = pick[(free[pick] <= leaf_relus) & ~pool.tried[pick]]
-        if leaves.size:
+        leaf = (br.free(cur) <= leaf_relus) & ~pool.tried[pick]
+        if leaf.any():
             t1 = time.perf_counter()
-            solved = np.zeros(pool.dom.B, bool)
-            for b in leaves:
+            solved = []
+            for b in np.flatnonzero(leaf):
                 if time.perf_counter() > deadline:
                     return result("timeout")
-                ex = solve_domain(eng, pool.dom.take([b]), case, prop.n_inputs, prop.n_outputs,
+                ex = solve_domain(eng, cur.take([b]), case, prop.n_inputs, prop.n_outputs,
                                   min(leaf_time, deadline - time.perf_counter()))
                 stats["leaf_milps"] = stats.get("leaf_milps", 0) + 1
-                pool.tried[b] = True
+                pool.tried[pick[b]] = True
                 if ex.status == "falsified":
                     return result("falsified", _Found(ex.upper, ex.x32, ex.y32))
                 if ex.status == "verified":
                     stats["leaf_closed"] = stats.get("leaf_closed", 0) + 1
-                    solved[b] = True
+                    solved.append(pick[b])
                     proven = min(proven, ex.lower)
             stats["time_leaf"] = stats.get("time_leaf", 0.0) + time.perf_counter() - t1
-            if solved.any():
-                pool = pool.keep(np.flatnonzero(~solved))
+            if solved:
+                pool.remove(solved)
                 continue
         t1 = time.perf_counter()
-        cur = pool.dom.take(pick)
         kids, stuck = br.branch(cur, pool.rows[pick], None if pool.coef is None else
                                 pool.coef[pick], br.inherit(pool.params, pick) or None)
         if stuck.any():
@@ -209,8 +203,10 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         if hit is not None:
             return result("falsified", hit)
         kc = kcoef[np.arange(kids.B), rows.deciding(klb)] if br.needs_coef else None
-        rest = np.setdiff1d(np.arange(pool.dom.B), pick, assume_unique=True)
-        pool = pool.keep(rest).extend(kids, klb, kc, kparams, kdepth)
+        t1 = time.perf_counter()
+        pool.remove(pick)
+        pool.add(kids, klb, kc, kparams, kdepth)
+        stats["time_pool"] += time.perf_counter() - t1
 
 
 def per_conjunction(graph: Graph, prop: Property, k: int, root: Domains, eng: Engine,
@@ -299,52 +295,12 @@ def _tighten(eng: Engine, dom: Domains, root: Domains) -> None:
     dom.relax = {}
 
 
-class _Pool:
-    """The open domains with, per domain, its row bounds, the deciding row's input coefficients
-    (input rule), its slopes and multipliers (ReLU rule), its depth and whether the leaf MILP has
-    been tried on it."""
-
-    def __init__(self, dom, rows, coef, params, depth=None, tried=None):
-        self.dom, self.rows, self.coef, self.params = dom, rows, coef, params
-        self.depth = np.zeros(dom.B, np.int64) if depth is None else depth
-        self.tried = np.zeros(dom.B, bool) if tried is None else tried
-
-    def margin(self, rows: Rows) -> np.ndarray:
-        return rows.margin(self.rows)
-
-    def keep(self, idx) -> "_Pool":
-        return _Pool(self.dom.take(idx), self.rows[idx],
-                     None if self.coef is None else self.coef[idx],
-                     {i: v[idx] for i, v in self.params.items()}, self.depth[idx],
-                     self.tried[idx])
-
-    def extend(self, dom, rows, coef, params, depth) -> "_Pool":
-        n = self.dom.B
-        return _Pool(concat([self.dom, dom]) if n else dom, np.concatenate([self.rows, rows]),
-                     None if coef is None else np.concatenate([self.coef, coef]),
-                     _merge_params(self.params, params, n, dom.B),
-                     np.concatenate([self.depth, depth]),
-                     np.concatenate([self.tried, np.zeros(dom.B, bool)]))
-
-
 @dataclass
 class _Found:
     """A replayed counterexample (what ``result`` needs of a replay result)."""
     margin: float
     x32: np.ndarray
     y32: np.ndarray
-
-
-def _merge_params(a: dict, b: dict, na: int, nb: int) -> dict:
-    """Stack two domains' parameter dicts; a key one side lacks (a multiplier of a node no domain
-    there has split) is zero there."""
-    out = {}
-    for i in a.keys() | b.keys():
-        ref = a.get(i, b.get(i))
-        pa = a.get(i, np.zeros((na,) + ref.shape[1:], np.float32))
-        pb = b.get(i, np.zeros((nb,) + ref.shape[1:], np.float32))
-        out[i] = np.concatenate([pa, pb])
-    return out
 
 
 def _attack_domains(graph, prop, boxes, seed, budget):

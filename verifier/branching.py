@@ -207,11 +207,8 @@ class ReluRule:
         try) and the slopes and multipliers found (float32, to warm-start the children)."""
         r = alpha_opt.optimise(self.eng, dom, self.rows.C, self.rows.d, steps=self.steps,
                                beta=self.beta, deadline=deadline, start=start,
-                               settled=lambda lb: self.rows.margin(lb) > 0)
-        alpha, beta = _params_split(r.alpha)
-        lb, coef = self.eng.objective(dom, self.eng.graph.output, self.rows.C, -self.rows.d,
-                                      alpha=alpha, beta=beta)
-        return np.maximum(r.lower, lb), coef, {i: v.astype(np.float32) for i, v in r.alpha.items()}
+                               settled=lambda lb: self.rows.margin(lb) > 0, coef=True)
+        return r.lower, r.coef, {i: v.astype(np.float32) for i, v in r.alpha.items()}
 
     @staticmethod
     def inherit(params: dict, idx: np.ndarray) -> dict:

@@ -26,6 +26,7 @@ class AlphaResult:
     alpha: dict                # Relu node -> (B, k, size) slopes that gave ``lower``
     iterations: int
     time_s: float
+    coef: np.ndarray | None = None   # with ``coef=True``: input coefficients of each best bound
 
 
 def initial(eng: Engine, dom: Domains, k: int) -> dict:
@@ -42,7 +43,8 @@ def initial(eng: Engine, dom: Domains, k: int) -> dict:
 
 def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int = 20,
              lr: float = 0.25, deadline: float | None = None, start: dict | None = None,
-             settled=None, node: int | None = None, beta: bool = False) -> AlphaResult:
+             settled=None, node: int | None = None, beta: bool = False,
+             coef: bool = False) -> AlphaResult:
     """Optimise the slopes for lower bounds of ``C @ y - d`` (``y`` the output) on every domain of
     ``dom`` (whose intermediate bounds must be computed, e.g. by ``Engine.bound``).  ``start``:
     initial slopes (and multipliers), e.g. a parent domain's; default CROWN's.  ``settled(lower)
@@ -53,7 +55,8 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
     instead of the output (intermediate bounds).  ``beta``: also optimise a multiplier >= 0 per
     fixed ReLU phase of each domain (beta-CROWN, Wang et al. 2021: the split constraints enter the
     bound; any multiplier >= 0 is valid).  The result's ``alpha`` holds both, multipliers under
-    ``("beta", node)``."""
+    ``("beta", node)``; with ``coef`` it also holds the input coefficients ``(B, k, n_in)`` of the
+    linear bound that gave each row's best value (for points to try)."""
     t0 = time.perf_counter()
     C = np.atleast_2d(np.asarray(C, np.float64))
     d = np.asarray(d, np.float64).ravel()
@@ -68,10 +71,20 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         params.update({i: v.copy() for i, v in start.items() if i in params
                        and v.shape == params[i].shape})
     params = {i: v for i, v in params.items() if _node(i) < t}
-    best = eng.margins(dom, C, d) if node is None else eng.objective(dom, t, C, -d)[0]
     best_params = {i: v.copy() for i, v in params.items()}
+    # from given slopes the first step evaluates their bound anyway: CROWN's slopes are not
+    # evaluated first (a pass of each branch-and-bound round saved)
+    lazy = start is not None and bool(params) and steps > 0
+    if lazy:
+        best = np.full((dom.B, k), -np.inf)
+        best_coef = np.zeros((dom.B, k, eng.graph.n_inputs)) if coef else None
+    else:
+        best, best_coef = (eng.margins(dom, C, d, coef=True) if node is None
+                           else eng.objective(dom, t, C, -d))
+        best_coef = best_coef if coef else None
     if not params:
-        return AlphaResult(best, best_params, 0, time.perf_counter() - t0)
+        return AlphaResult(best, best_params, 0, time.perf_counter() - t0,
+                           best_coef if coef else None)
     m1 = {i: np.zeros_like(v) for i, v in params.items()}
     m2 = {i: np.zeros_like(v) for i, v in params.items()}
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -83,13 +96,15 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         betas = {i[1]: v for i, v in params.items() if isinstance(i, tuple)} or None
         return eng.objective(dom, t, C, -d, alpha=alpha, beta=betas, grad=grad)
 
-    def keep_best(lb):
+    def keep_best(lb, lcoef):
         cur = best[act]
         better = lb > cur
         if better.any():
             best[act] = np.maximum(cur, lb)
             for i in params:
                 best_params[i][act] = np.where(better[:, :, None], params[i], best_params[i][act])
+            if coef:
+                best_coef[act] = np.where(better[:, :, None], lcoef, best_coef[act])
 
     it = 0
     while it < steps:
@@ -108,8 +123,8 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         if deadline is not None and time.perf_counter() > deadline:
             break
         it += 1
-        lb, _, grads, _ = evaluate(True)
-        keep_best(lb)
+        lb, lcoef, grads, _ = evaluate(True)
+        keep_best(lb, lcoef)
         step = lr * (0.98 ** it)
         for i, g in grads.items():
             if i not in params:
@@ -119,9 +134,10 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
             mh, vh = m1[i] / (1 - b1 ** it), m2[i] / (1 - b2 ** it)
             v = params[i] + step * mh / (np.sqrt(vh) + eps)
             params[i] = np.maximum(v, 0.0) if isinstance(i, tuple) else np.clip(v, 0.0, 1.0)
-    if it and act.size and not (deadline is not None and time.perf_counter() > deadline):
-        keep_best(evaluate(False)[0])
-    return AlphaResult(best, best_params, it, time.perf_counter() - t0)
+    if (it and act.size and not (deadline is not None and time.perf_counter() > deadline)) or \
+            (lazy and not it):
+        keep_best(*evaluate(False))
+    return AlphaResult(best, best_params, it, time.perf_counter() - t0, best_coef)
 
 
 def _node(key) -> int:

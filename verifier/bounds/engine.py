@@ -79,6 +79,7 @@ class Domains:
     fwd: list = field(default_factory=list)
     absimg: list = field(default_factory=list)
     relax: dict = field(default_factory=dict)       # cached default relaxation per relaxed node
+                                                    # and magnitude per node (``Engine.mag``)
 
     @property
     def B(self) -> int:
@@ -301,7 +302,12 @@ class Engine:
                                  f"{self.memory_bytes / 2**20:.1f} MiB")
 
     def mag(self, dom: Domains, j: int) -> np.ndarray:
-        return absmax(dom.lower[j], dom.upper[j])
+        """``max |v_j|`` per domain, cached with the relaxations (every step of every
+        back-substitution reads it; ``_set`` drops it when node ``j``'s bounds change)."""
+        m = dom.relax.get(("mag", j))
+        if m is None:
+            m = dom.relax[("mag", j)] = absmax(dom.lower[j], dom.upper[j])
+        return m
 
     def relaxation(self, dom: Domains, i: int, alpha=None, bs: slice = slice(None)):
         """Node ``i``'s relaxation on the domains' bounds (CROWN's slopes; cached per batch until
@@ -335,6 +341,7 @@ class Engine:
         if dom.relax:
             for c in self.users[i] + [i]:
                 dom.relax.pop(c, None)
+            dom.relax.pop(("mag", i), None)
 
     def interval_node(self, dom: Domains, i: int):
         """Interval bounds of node ``i`` from its inputs' current bounds.  Linear: our evaluation

@@ -164,7 +164,7 @@ class ReluRule:
         cand = np.argsort(-s, axis=1)[:, :k]                       # (B, k) columns
         ok = np.isfinite(np.take_along_axis(s, cand, axis=1))
         rep = np.repeat(np.arange(dom.B), k)
-        trial = self._split(dom.take(rep), nodes[cand].ravel(), entries[cand].ravel(), False)
+        trial = self._split(dom, nodes[cand].ravel(), entries[cand].ravel(), False, of=rep)
         alpha, beta = _params_split(None if params is None else
                                     self.inherit(params, np.repeat(rep, 2)))
         lb, _ = self.eng.objective(trial, self.eng.graph.output, self.rows.C, -self.rows.d,
@@ -175,11 +175,13 @@ class ReluRule:
         pick = cand[np.arange(dom.B), worse.argmax(axis=1)]
         return np.where(ok.any(axis=1), nodes[pick], -1), entries[pick]
 
-    def _split(self, dom: Domains, node: np.ndarray, entry: np.ndarray, refine: bool) -> Domains:
-        """Two children per domain: the chosen ReLU active (first) and inactive (second)."""
+    def _split(self, dom: Domains, node: np.ndarray, entry: np.ndarray, refine: bool,
+               of: np.ndarray | None = None) -> Domains:
+        """Two children per domain (or per domain ``of[c]`` for split ``c``): the chosen ReLU
+        active (first) and inactive (second)."""
         eng = self.eng
-        two = dom.take(np.repeat(np.arange(dom.B), 2))
-        sign = np.tile(np.array([1, -1], np.int8), dom.B)
+        two = dom.take(np.repeat(np.arange(dom.B) if of is None else of, 2))
+        sign = np.tile(np.array([1, -1], np.int8), node.size)
         node2, entry2 = np.repeat(node, 2), np.repeat(entry, 2)
         for r in set(node.tolist()) - {-1}:
             sel = np.flatnonzero(node2 == r)

@@ -2,11 +2,10 @@
 
 A pool (``pool.Pool``) holds the open domains of one case (``bounds.engine.Domains``: a box, a
 phase per ReLU entry, bounds of every node) with a sound lower bound on the case margin for each.
-Each round the
-``batch`` open domains with the lowest bounds are split in two by the rule (ReLU phases, or the
-input box), the children are bounded together by the engine, and children whose margin lower bound
-is > 0 (or that are empty: an impossible combination of phases) are closed; the rest go back to
-the pool.  A child is a part of its parent, so the parent's bounds hold for it too: a child is never
+Each round the ``batch`` open domains with the lowest bounds are split in two by the rule (ReLU
+phases, or the input box), the children are bounded together by the engine, and children whose
+margin lower bound is > 0 (or that are empty: an impossible combination of phases) are closed; the
+rest go back to the pool.  A child is a part of its parent, so the parent's bounds hold for it too: a child is never
 looser than its parent.  The case is verified when the pool is empty: the children of a domain
 cover it, so the smallest bound of the closed leaves bounds the whole case.
 

@@ -22,17 +22,16 @@ class Pool:
     the slots in use.  A slot's content is meaningful only while it is in use."""
 
     def __init__(self, dom: Domains, rows: np.ndarray, coef, params: dict, capacity: int = 256):
-        cap = max(capacity, dom.B)
-        grow = lambda v: None if v is None else np.zeros((cap,) + v.shape[1:], v.dtype)
-        self.dom = Domains([grow(v) for v in dom.lower], [grow(v) for v in dom.upper],
-                           {i: grow(p) for i, p in dom.phase.items()},
-                           [grow(v) for v in dom.fwd], [grow(v) for v in dom.absimg])
-        self.rows = grow(rows)
-        self.coef = grow(coef)
-        self.params = {i: grow(v) for i, v in params.items()}
-        self.depth = np.zeros(cap, np.int64)
-        self.tried = np.zeros(cap, bool)
-        self.live = np.zeros(cap, bool)
+        none = lambda v: None if v is None else v[:0]          # no slots yet, then grown
+        self.dom = Domains([none(v) for v in dom.lower], [none(v) for v in dom.upper],
+                           {i: p[:0] for i, p in dom.phase.items()},
+                           [none(v) for v in dom.fwd], [none(v) for v in dom.absimg])
+        self.rows, self.coef = rows[:0], none(coef)
+        self.params = {i: v[:0] for i, v in params.items()}
+        self.depth = np.zeros(0, np.int64)
+        self.tried = np.zeros(0, bool)
+        self.live = np.zeros(0, bool)
+        self._grow(max(capacity, dom.B))
         self.add(dom, rows, coef, params, np.zeros(dom.B, np.int64))
 
     @property
@@ -49,7 +48,7 @@ class Pool:
 
     def take(self, slots) -> Domains:
         """The domains in ``slots``, copied, in that order."""
-        return self.dom.take(np.asarray(slots))
+        return self.dom.take(slots)
 
     def remove(self, slots) -> None:
         self.live[np.asarray(slots, np.int64)] = False
@@ -65,7 +64,7 @@ class Pool:
         for mine, theirs in ((st.lower, dom.lower), (st.upper, dom.upper), (st.fwd, dom.fwd),
                              (st.absimg, dom.absimg)):
             for i, v in enumerate(theirs):
-                _put(mine, i, slots, v, self.capacity)
+                _put(mine, i, slots, v)
         _put_keys(st.phase, dom.phase, slots, self.capacity)
         _put_keys(self.params, params, slots, self.capacity)
         self.rows[slots] = rows
@@ -94,7 +93,7 @@ class Pool:
         self.depth, self.tried, self.live = big(self.depth), big(self.tried), big(self.live)
 
 
-def _put(store: list, i: int, slots: np.ndarray, v, cap: int) -> None:
+def _put(store: list, i: int, slots: np.ndarray, v) -> None:
     """Write one node's values of new domains into their slots.  Every domain of one search has
     the same nodes bounded (the root's); a node the store lacks stays unknown for all."""
     if store[i] is None:

@@ -83,8 +83,7 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
                            else eng.objective(dom, t, C, -d))
         best_coef = best_coef if coef else None
     if not params:
-        return AlphaResult(best, best_params, 0, time.perf_counter() - t0,
-                           best_coef if coef else None)
+        return AlphaResult(best, best_params, 0, time.perf_counter() - t0, best_coef)
     m1 = {i: np.zeros_like(v) for i, v in params.items()}
     m2 = {i: np.zeros_like(v) for i, v in params.items()}
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -134,6 +133,7 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
             mh, vh = m1[i] / (1 - b1 ** it), m2[i] / (1 - b2 ** it)
             v = params[i] + step * mh / (np.sqrt(vh) + eps)
             params[i] = np.maximum(v, 0.0) if isinstance(i, tuple) else np.clip(v, 0.0, 1.0)
+    # from given slopes with no step taken (the deadline had passed), their bound is still due
     if (it and act.size and not (deadline is not None and time.perf_counter() > deadline)) or \
             (lazy and not it):
         keep_best(*evaluate(False))

@@ -130,7 +130,7 @@ class ReluRule:
         quarter of ``max(L, 0) min(u, -l)`` (the lower line's gap), ``L`` the coefficient of the
         deciding row reaching the ReLU."""
         eng = self.eng
-        coef = eng.coefficients(dom, eng.graph.output, self.rows.C)
+        coef = eng.coefficients(dom, eng.graph.output, self.rows.C, estimate=True)
         b = np.arange(dom.B)
         parts, nodes, entries = [], [], []
         for r in self.relus:
@@ -164,11 +164,12 @@ class ReluRule:
         cand = np.argsort(-s, axis=1)[:, :k]                       # (B, k) columns
         ok = np.isfinite(np.take_along_axis(s, cand, axis=1))
         rep = np.repeat(np.arange(dom.B), k)
-        trial = self._split(dom, nodes[cand].ravel(), entries[cand].ravel(), False, of=rep)
+        trial = self._split(dom, nodes[cand].ravel(), entries[cand].ravel(), False, of=rep,
+                            slack=False)
         alpha, beta = _params_split(None if params is None else
                                     self.inherit(params, np.repeat(rep, 2)))
         lb, _ = self.eng.objective(trial, self.eng.graph.output, self.rows.C, -self.rows.d,
-                                   alpha=alpha, beta=beta)
+                                   alpha=alpha, beta=beta, estimate=True)
         lb = np.maximum(lb, np.repeat(prow, 2 * k, axis=0))
         m = self.rows.margin(lb).reshape(dom.B, k, 2)
         worse = np.where(ok, m.min(axis=2) + 1e-6 * m.max(axis=2), -np.inf)
@@ -176,11 +177,12 @@ class ReluRule:
         return np.where(ok.any(axis=1), nodes[pick], -1), entries[pick]
 
     def _split(self, dom: Domains, node: np.ndarray, entry: np.ndarray, refine: bool,
-               of: np.ndarray | None = None) -> Domains:
+               of: np.ndarray | None = None, slack: bool = True) -> Domains:
         """Two children per domain (or per domain ``of[c]`` for split ``c``): the chosen ReLU
-        active (first) and inactive (second)."""
+        active (first) and inactive (second); ``slack=False``: for estimates only (see
+        ``Domains.take``)."""
         eng = self.eng
-        two = dom.take(np.repeat(np.arange(dom.B) if of is None else of, 2))
+        two = dom.take(np.repeat(np.arange(dom.B) if of is None else of, 2), slack)
         sign = np.tile(np.array([1, -1], np.int8), node.size)
         node2, entry2 = np.repeat(node, 2), np.repeat(entry, 2)
         for r in set(node.tolist()) - {-1}:
@@ -209,14 +211,15 @@ class ReluRule:
         try) and the slopes and multipliers found (float32, to warm-start the children)."""
         r = alpha_opt.optimise(self.eng, dom, self.rows.C, self.rows.d, steps=self.steps,
                                beta=self.beta, deadline=deadline, start=start,
-                               settled=lambda lb: self.rows.margin(lb) > 0, coef=True)
-        return r.lower, r.coef, {i: v.astype(np.float32) for i, v in r.alpha.items()}
+                               settled=lambda lb: self.rows.margin(lb) > 0, coef=True,
+                               estimate=True)
+        return r.lower, r.coef, {i: v.astype(np.float32, copy=False) for i, v in r.alpha.items()}
 
     @staticmethod
     def inherit(params: dict, idx: np.ndarray) -> dict:
         """The slopes and multipliers of domains ``idx`` (a parent's go to both children; a new
         split's multiplier starts at 0, which ``optimise`` fills in)."""
-        return {i: v[idx].astype(np.float64) for i, v in params.items()}
+        return {i: v[idx] for i, v in params.items()}
 
 
 class InputRule:

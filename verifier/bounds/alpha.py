@@ -44,7 +44,7 @@ def initial(eng: Engine, dom: Domains, k: int) -> dict:
 def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int = 20,
              lr: float = 0.25, deadline: float | None = None, start: dict | None = None,
              settled=None, node: int | None = None, beta: bool = False,
-             coef: bool = False) -> AlphaResult:
+             coef: bool = False, estimate: bool = False) -> AlphaResult:
     """Optimise the slopes for lower bounds of ``C @ y - d`` (``y`` the output) on every domain of
     ``dom`` (whose intermediate bounds must be computed, e.g. by ``Engine.bound``).  ``start``:
     initial slopes (and multipliers), e.g. a parent domain's; default CROWN's.  ``settled(lower)
@@ -56,7 +56,12 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
     fixed ReLU phase of each domain (beta-CROWN, Wang et al. 2021: the split constraints enter the
     bound; any multiplier >= 0 is valid).  The result's ``alpha`` holds both, multipliers under
     ``("beta", node)``; with ``coef`` it also holds the input coefficients ``(B, k, n_in)`` of the
-    linear bound that gave each row's best value (for points to try)."""
+    linear bound that gave each row's best value (for points to try).
+
+    ``estimate``: the steps run on float32 estimates (``Engine.objective(estimate=True)``, about
+    twice as fast), which pick each row's best slopes; one charged float64 pass of those slopes
+    then gives the bounds returned (so they are as sound as ever, ``settled`` is asked about
+    estimates)."""
     t0 = time.perf_counter()
     C = np.atleast_2d(np.asarray(C, np.float64))
     d = np.asarray(d, np.float64).ravel()
@@ -70,7 +75,9 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
     if start is not None:
         params.update({i: v.copy() for i, v in start.items() if i in params
                        and v.shape == params[i].shape})
-    params = {i: v for i, v in params.items() if _node(i) < t}
+    # estimates step in float32 throughout (slopes, multipliers, Adam's moments)
+    ft = np.float32 if estimate else np.float64
+    params = {i: v.astype(ft, copy=False) for i, v in params.items() if _node(i) < t}
     best_params = {i: v.copy() for i, v in params.items()}
     # from given slopes the first step evaluates their bound anyway: CROWN's slopes are not
     # evaluated first (a pass of each branch-and-bound round saved)
@@ -89,26 +96,31 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
     b1, b2, eps = 0.9, 0.999, 1e-8
 
     act = np.arange(dom.B)            # the domains still optimised (positions in ``best``)
+    full = dom
+    # what the steps compare: the bounds themselves, or (estimate) float32 estimates of them
+    guess = best.copy() if estimate else best
 
-    def evaluate(grad: bool):
-        alpha = {i: v for i, v in params.items() if not isinstance(i, tuple)}
-        betas = {i[1]: v for i, v in params.items() if isinstance(i, tuple)} or None
-        return eng.objective(dom, t, C, -d, alpha=alpha, beta=betas, grad=grad)
+    def evaluate(grad: bool, ps=None, on=None, est=estimate):
+        ps = params if ps is None else ps
+        alpha = {i: v for i, v in ps.items() if not isinstance(i, tuple)}
+        betas = {i[1]: v for i, v in ps.items() if isinstance(i, tuple)} or None
+        return eng.objective(dom if on is None else on, t, C, -d, alpha=alpha, beta=betas,
+                             grad=grad, estimate=est)
 
     def keep_best(lb, lcoef):
-        cur = best[act]
+        cur = guess[act]
         better = lb > cur
         if better.any():
-            best[act] = np.maximum(cur, lb)
+            guess[act] = np.maximum(cur, lb)
             for i in params:
                 best_params[i][act] = np.where(better[:, :, None], params[i], best_params[i][act])
-            if coef:
+            if coef and not estimate:
                 best_coef[act] = np.where(better[:, :, None], lcoef, best_coef[act])
 
     it = 0
     while it < steps:
         if settled is not None:
-            off = np.asarray(settled(best[act]), bool)
+            off = np.asarray(settled(guess[act]), bool)
             if off.all():
                 act = act[:0]
                 break
@@ -134,8 +146,17 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
             v = params[i] + step * mh / (np.sqrt(vh) + eps)
             params[i] = np.maximum(v, 0.0) if isinstance(i, tuple) else np.clip(v, 0.0, 1.0)
     # from given slopes with no step taken (the deadline had passed), their bound is still due
-    if (it and act.size and not (deadline is not None and time.perf_counter() > deadline)) or \
-            (lazy and not it):
+    late = deadline is not None and time.perf_counter() > deadline
+    if estimate:
+        if it and act.size and not late:
+            keep_best(*evaluate(False))
+        # the bounds: one charged pass of the slopes the estimates chose, on every domain
+        lb, lcoef = evaluate(False, best_params, full, est=False)
+        better = lb > best
+        best = np.maximum(best, lb)
+        if coef:
+            best_coef = np.where(better[:, :, None], lcoef, best_coef)
+    elif (it and act.size and not late) or (lazy and not it):
         keep_best(*evaluate(False))
     return AlphaResult(best, best_params, it, time.perf_counter() - t0, best_coef)
 
@@ -167,7 +188,7 @@ def tighten_intermediate(eng: Engine, dom: Domains, steps: int = 20, lr: float =
         E[np.arange(m), rows] = 1.0
         E[m + np.arange(m), rows] = -1.0
         r = optimise(eng, dom, E, np.zeros(2 * m), steps=steps, lr=lr, deadline=deadline,
-                     node=t)
+                     node=t, estimate=True)
         nlo, nhi = lo.copy(), hi.copy()
         nlo[:, rows] = np.maximum(lo[:, rows], r.lower[:, :m])
         nhi[:, rows] = np.minimum(hi[:, rows], -r.lower[:, m:])

@@ -93,19 +93,26 @@ class Domains:
         return self.lower[0], self.upper[0]
 
     def infeasible(self) -> np.ndarray:
-        """``(B,)``: domains whose bounds cross somewhere (an impossible phase combination)."""
-        bad = np.zeros(self.B, bool)
-        for lo, hi in zip(self.lower, self.upper):
-            if lo is not None:
-                bad |= (lo > hi).any(axis=1)
+        """``(B,)``: domains whose bounds cross somewhere (an impossible phase combination);
+        cached with the relaxations (``Engine._set`` drops it)."""
+        bad = self.relax.get("infeasible")
+        if bad is None:
+            bad = np.zeros(self.B, bool)
+            for lo, hi in zip(self.lower, self.upper):
+                if lo is not None:
+                    bad |= (lo > hi).any(axis=1)
+            self.relax["infeasible"] = bad
         return bad
 
-    def take(self, idx) -> "Domains":
-        """The domains ``idx`` (an index array or mask), copied (by the indexing itself)."""
+    def take(self, idx, slack: bool = True) -> "Domains":
+        """The domains ``idx`` (an index array or mask), copied (by the indexing itself);
+        ``slack=False`` leaves out the float slack (``fwd``, ``absimg``), which only charged
+        passes read: enough for estimates (``Engine.objective(estimate=True)``)."""
         idx = np.asarray(idx)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp, copy=False)
-        sub = lambda v: None if v is None else v.take(idx, axis=0)
-        return Domains([sub(v) for v in self.lower], [sub(v) for v in self.upper],
+        sub = lambda v: None if v is None or not slack else v.take(idx, axis=0)
+        return Domains([v if v is None else v.take(idx, axis=0) for v in self.lower],
+                       [v if v is None else v.take(idx, axis=0) for v in self.upper],
                        {i: p.take(idx, axis=0) for i, p in self.phase.items()},
                        [sub(v) for v in self.fwd], [sub(v) for v in self.absimg])
 
@@ -132,10 +139,15 @@ def domains(graph: Graph, lower, upper, phase: dict | None = None) -> Domains:
 # ------------------------------------------------------------------------------------------------
 class _Sub:
     """The running back-substitution of one chunk: coefficients per node, constant, slack, and the
-    magnitude sum of everything added to the constant (for its accumulated rounding error)."""
+    magnitude sum of everything added to the constant (for its accumulated rounding error).
 
-    def __init__(self, eng: "Engine", dom: Domains, bs: slice, k: int):
-        self.eng, self.dom, self.bs = eng, dom, bs
+    ``charge=False`` makes it an *estimate*: float32 coefficients, no rounding charged, so its
+    value is no bound (slope steps and branching scores use it, whose results only choose what a
+    charged float64 pass then bounds)."""
+
+    def __init__(self, eng: "Engine", dom: Domains, bs: slice, k: int, charge: bool = True):
+        self.eng, self.dom, self.bs, self.charge = eng, dom, bs, charge
+        self.dt = np.float64 if charge else np.float32
         B = len(range(*bs.indices(dom.B)))
         self.lam: dict[int, np.ndarray] = {}
         self.const = np.zeros((B, k))
@@ -159,14 +171,17 @@ class _Sub:
             self.lam[j] = P
         else:
             new = old + P      # |fl(a+b) - (a+b)| <= U |a+b|: charged against |v_j| <= m_j
-            self.slack += gamma(1) * bdot(np.abs(new), self.mag(j))
+            if self.charge:
+                self.slack += gamma(1) * bdot(np.abs(new), self.mag(j))
             self.lam[j] = new
 
     def affine(self, i: int, L: np.ndarray) -> None:
         node, dom, bs = self.eng.nodes[i], self.dom, self.bs
         for k, j in enumerate(node.inputs):
             self.add_coef(j, node.rows_times_k(L, k, self.eng.structured))
-        self.add_const(L @ node.bias)
+        self.add_const(L @ node.bias.astype(self.dt, copy=False))
+        if not self.charge:
+            return
         # rounding of L A_k (sums of size_i terms, times |x_k| <= m_k) and of L b: gamma |L| absimg;
         # the float64 network's deviation |e| <= fwd: |L| fwd
         n = node.size
@@ -176,7 +191,9 @@ class _Sub:
                 beta: np.ndarray | None = None) -> None:
         node = self.eng.nodes[i]
         j = node.inputs[0]
-        R = self.eng.relaxation(self.dom, i, alpha, self.bs)
+        R = self.eng.relaxation(self.dom, i, alpha, self.bs, self.dt)
+        if not self.charge:
+            beta = None if beta is None else beta.astype(np.float32)
         # five passes over the block: this step dominates the engine's time
         Lp = np.maximum(L, 0.0)
         Ln = L - Lp                                         # exactly min(L, 0)
@@ -185,15 +202,22 @@ class _Sub:
         P = Lp * lo_s
         P += Ln * up_s                                      # one of the two terms is 0: exact
         # dot products with offsets: nonzero only at free entries (relu), else at most n terms
-        n = node.size if R.free is None else int(R.free.sum(axis=1).max(initial=0))
+        n = node.size if R.free is None or not self.charge else \
+            int(R.free.sum(axis=1).max(initial=0))
         if R.lo_off is not None:
             self.add_const(bdot(Lp, R.lo_off))
-            self.slack += gamma(n + 1) * bdot(Lp, np.abs(R.lo_off))
+            if self.charge:
+                self.slack += gamma(n + 1) * bdot(Lp, np.abs(R.lo_off))
         if R.up_off is not None:
             self.add_const(bdot(Ln, R.up_off))
-            self.slack -= gamma(n + 1) * bdot(Ln, np.abs(R.up_off))
-        m = self.mag(j)
-        if R.select is None:
+            if self.charge:
+                self.slack -= gamma(n + 1) * bdot(Ln, np.abs(R.up_off))
+        m = self.mag(j) if self.charge else None
+        if R.select is None and not self.charge:
+            if beta is not None:
+                P = P - np.maximum(beta, 0.0) * self.dom.phase[i][self.bs][:, None, :]
+            self.add_coef(j, P)
+        elif R.select is None:
             # products with slopes other than exactly 0 or 1 round: the upper slopes of free
             # entries (|Ln up_s| = -Ln up_s, up_s >= 0), and lower slopes strictly inside (0, 1)
             if R.free is not None:
@@ -210,9 +234,10 @@ class _Sub:
                 self.slack += gamma(1) * bdot(np.abs(P) * (sgn != 0)[:, None, :], m)
             self.add_coef(j, P)
         else:                       # several entries may select the same input: sums of <= n terms
-            mx = np.take_along_axis(m, R.select, axis=1)
-            self.slack += gamma(node.size + 1) * bdot(np.abs(P), mx)
-            self.add_coef(j, _scatter(P, R.select, self.eng.nodes[j].size))
+            if self.charge:
+                mx = np.take_along_axis(m, R.select, axis=1)
+                self.slack += gamma(node.size + 1) * bdot(np.abs(P), mx)
+            self.add_coef(j, _scatter(P, R.select, self.eng.nodes[j].size).astype(self.dt))
         if self.tape is not None:
             self.tape[i] = (L, R)
 
@@ -233,7 +258,10 @@ class _Sub:
         lo, hi = self.dom.lower[0][self.bs], self.dom.upper[0][self.bs]
         L = self.lam.pop(0, None)
         if L is None:                                   # objective does not depend on the input
-            L = np.zeros(self.const.shape + (lo.shape[1],))
+            L = np.zeros(self.const.shape + (lo.shape[1],), self.dt)
+        if not self.charge:                             # an estimate: no error bound
+            lo, hi = lo.astype(np.float32), hi.astype(np.float32)
+            return bdot(np.maximum(L, 0.0), lo) + bdot(np.minimum(L, 0.0), hi) + self.const, L
         conc = bdot(np.maximum(L, 0.0), lo) + bdot(np.minimum(L, 0.0), hi)
         total = conc + self.const - self.slack
         n0 = lo.shape[1]
@@ -314,23 +342,35 @@ class Engine:
             m = dom.relax[("mag", j)] = absmax(dom.lower[j], dom.upper[j])
         return m
 
-    def relaxation(self, dom: Domains, i: int, alpha=None, bs: slice = slice(None)):
+    def relaxation(self, dom: Domains, i: int, alpha=None, bs: slice = slice(None),
+                   dtype=np.float64):
         """Node ``i``'s relaxation on the domains' bounds (CROWN's slopes; cached per batch until
         the bounds change) for the domains ``bs``; ``alpha`` (``(B, size)`` or ``(B, k, size)``)
         replaces the lower slopes of its free entries, the only ones a slope may move (any value
-        in [0, 1] is valid there), so slope optimisation recomputes nothing else per step."""
-        R = dom.relax.get(i)
+        in [0, 1] is valid there), so slope optimisation recomputes nothing else per step.
+        ``dtype`` float32: its lines rounded to float32, for estimates only (no longer valid)."""
+        key = i if dtype == np.float64 else ("f32", i)
+        R = dom.relax.get(key)
         if R is None:
             node = self.nodes[i]
             l, u = dom.lower[node.inputs[0]], dom.upper[node.inputs[0]]
-            R = dom.relax[i] = (node.relax(l, u, hi_out=dom.upper[i]) if isinstance(node, MaxPool)
-                                else node.relax(l, u))
+            if isinstance(node, Relu):
+                R = node.relax(l, u, dtype)
+            else:
+                R = node.relax(l, u, hi_out=dom.upper[i]) if isinstance(node, MaxPool) \
+                    else node.relax(l, u)
+                if dtype != np.float64:
+                    f = lambda v: None if v is None else v.astype(dtype)
+                    R = replace(R, lo_slope=f(R.lo_slope), up_slope=f(R.up_slope),
+                                lo_off=f(R.lo_off), up_off=f(R.up_off))
+            dom.relax[key] = R
         R = _slice_relax(R, bs)
         if alpha is None or R.free is None:
             return R
         free, lo = (R.free, R.lo_slope) if alpha.ndim == 2 else (R.free[:, None, :],
                                                                 R.lo_slope[:, None, :])
-        return replace(R, lo_slope=np.where(free, np.clip(alpha, 0.0, 1.0), lo))
+        return replace(R, lo_slope=np.where(free, np.clip(alpha.astype(dtype, copy=False),
+                                                          0.0, 1.0), lo))
 
     def _set(self, dom: Domains, i: int, lo: np.ndarray, hi: np.ndarray) -> None:
         """Store node ``i``'s bounds, intersected with what is known, clamped by the phases of
@@ -346,7 +386,9 @@ class Engine:
         if dom.relax:
             for c in self.users[i] + [i]:
                 dom.relax.pop(c, None)
+                dom.relax.pop(("f32", c), None)
             dom.relax.pop(("mag", i), None)
+            dom.relax.pop("infeasible", None)
 
     def interval_node(self, dom: Domains, i: int):
         """Interval bounds of node ``i`` from its inputs' current bounds.  Linear: our evaluation
@@ -482,7 +524,8 @@ class Engine:
 
     # -- objectives -------------------------------------------------------------------------------
     def objective(self, dom: Domains, t: int, L: np.ndarray, c: np.ndarray | None = None,
-                  alpha: dict | None = None, grad: bool = False, beta: dict | None = None):
+                  alpha: dict | None = None, grad: bool = False, beta: dict | None = None,
+                  estimate: bool = False):
         """Sound lower bounds ``(B, k)`` of ``L @ v_t + c`` for every domain, given sound bounds on
         the nodes before ``t``; ``L`` is ``(k, size_t)`` or ``(B, k, size_t)``, ``c`` ``(k,)`` or
         ``(B, k)``.  ``alpha``: lower slopes per Relu node (``(B, k, size)``, see ``ops.relu``);
@@ -491,9 +534,10 @@ class Engine:
         n_in))``, plus, with ``grad``, the gradient of each row's bound with respect to its slopes
         and multipliers (a dict keyed like ``alpha`` and ``("beta", node)``; see ``_slope_grad``)
         and with respect to ``L`` (the relaxation's minimising value of ``v_t``, ``(B, k, size_t)``).
-        Infeasible domains get ``+inf``."""
+        Infeasible domains get ``+inf``.  ``estimate``: the same in float32 with no rounding
+        charged (about twice as fast): values and gradients that guide choices, never bounds."""
         self._need_fit(t)
-        L = np.asarray(L, np.float64)
+        L = np.asarray(L, np.float32 if estimate else np.float64)
         B = dom.B
         if L.ndim == 2:
             L = np.broadcast_to(L, (B,) + L.shape)
@@ -505,7 +549,7 @@ class Engine:
         point = np.zeros(L.shape) if grad else None
         cc = None if c is None else np.broadcast_to(np.asarray(c, np.float64), (B, k))
         for bs, rs in self._chunks(B, k, width, pair=False):
-            sub = _Sub(self, dom, bs, len(range(*rs.indices(k))))
+            sub = _Sub(self, dom, bs, len(range(*rs.indices(k))), charge=not estimate)
             if cc is not None:
                 sub.add_const(cc[bs, rs].copy())
             if grad:
@@ -518,7 +562,7 @@ class Engine:
             if grad:
                 g_alpha, point[bs, rs] = self._slope_grad(dom, sub, t, coef[bs, rs], bs)
                 for i, g in g_alpha.items():
-                    grads.setdefault(i, np.zeros((B, k, g.shape[-1])))[bs, rs] = g
+                    grads.setdefault(i, np.zeros((B, k, g.shape[-1]), g.dtype))[bs, rs] = g
         bad = dom.infeasible()
         if bad.any():
             out[bad] = np.inf
@@ -535,13 +579,13 @@ class Engine:
         The slope of entry ``e`` enters as ``L_e * slope * x_e`` where ``L_e >= 0``, so its
         derivative is ``L_e * xh_in[e]`` there and 0 elsewhere.  Returns the slope gradients and
         ``xh_t``."""
-        lo, hi = dom.lower[0][bs], dom.upper[0][bs]
+        lo, hi = dom.lower[0][bs].astype(sub.dt), dom.upper[0][bs].astype(sub.dt)
         xh = {0: np.where(L0 >= 0, lo[:, None, :], hi[:, None, :])}
         grads = {}
         for i in reversed(sub.done):
             node = self.nodes[i]
             if node.affine:
-                v = node.bias
+                v = node.bias.astype(sub.dt, copy=False)
                 for k, j in enumerate(node.inputs):
                     v = v + node.times_k(k, xh[j], self.structured)
                 xh[i] = v
@@ -563,18 +607,19 @@ class Engine:
         return grads, xh[t]
 
     def coefficients(self, dom: Domains, t: int, L: np.ndarray, alpha: dict | None = None,
-                     beta: dict | None = None) -> dict:
+                     beta: dict | None = None, estimate: bool = False) -> dict:
         """The coefficients ``(B, k, size)`` that reach each relaxed node in the back-substitution
-        of ``L @ v_t`` (e.g. to score where splitting pays): ``{node: coefficients}``."""
+        of ``L @ v_t`` (e.g. to score where splitting pays): ``{node: coefficients}``;
+        ``estimate``: computed in float32 (see ``objective``)."""
         self._need_fit(t)
-        L = np.asarray(L, np.float64)
+        L = np.asarray(L, np.float32 if estimate else np.float64)
         if L.ndim == 2:
             L = np.broadcast_to(L, (dom.B,) + L.shape)
         k = L.shape[1]
         out: dict = {}
         width = max(self.nodes[j].size for j in range(t + 1))
         for bs, rs in self._chunks(dom.B, k, width, pair=False):
-            sub = _Sub(self, dom, bs, len(range(*rs.indices(k))))
+            sub = _Sub(self, dom, bs, len(range(*rs.indices(k))), charge=not estimate)
             sub.tape = {}
             sub.lam[t] = L[bs, rs]
             sub.run(t, None if alpha is None else {i: v[bs, rs] for i, v in alpha.items()},

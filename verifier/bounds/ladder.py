@@ -128,13 +128,13 @@ class Ladder:
         eng, dom, C, d, steps = self.eng, self.dom, self.C, self.d, self.alpha_steps
         proved = lambda lb: lb.min(axis=1) > 0
         r = alpha_opt.optimise(eng, dom, C, d, steps=steps, settled=proved, deadline=end,
-                               start=self.slopes)
+                               start=self.slopes, estimate=True)
         its, lower = r.iterations, r.lower[0]
         if lower.min() <= 0 and (end is None or time.perf_counter() < end):
             extra["alpha_rows"] = alpha_opt.tighten_intermediate(eng, dom, steps=steps,
                                                                  deadline=end)
             r = alpha_opt.optimise(eng, dom, C, d, steps=steps, settled=proved, deadline=end,
-                                   start=r.alpha)
+                                   start=r.alpha, estimate=True)
             its += r.iterations
             lower = np.maximum(lower, r.lower[0])
         self.slopes = r.alpha

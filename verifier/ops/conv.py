@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 @dataclass(frozen=True, eq=False)
 class ConvMatrix:
-    weight: np.ndarray                  # (M, Cg, kh, kw), float64
+    weight: np.ndarray                  # (M, Cg, kh, kw), float64 (float32 for estimates)
     in_shape: tuple                     # (C, H, W)
     out_hw: tuple                       # (Ho, Wo)
     stride: tuple = (1, 1)
@@ -83,7 +83,7 @@ class ConvMatrix:
         Ho, Wo = self.out_hw
         Lt = np.ascontiguousarray(L.reshape(N, -1).T).reshape(g, M // g, Ho * Wo * N)
         Hp, Wp = self._padded()
-        G = np.zeros((g, Cg, Hp, Wp, N))
+        G = np.zeros((g, Cg, Hp, Wp, N), L.dtype)
         for w, (ys, xs) in self._taps():
             G[:, :, ys, xs, :] += np.matmul(w.transpose(0, 2, 1), Lt).reshape(g, Cg, Ho, Wo, N)
         ph, pw = self.pads
@@ -100,10 +100,10 @@ class ConvMatrix:
         Ho, Wo = self.out_hw
         Hp, Wp = self._padded()
         ph, pw = self.pads
-        X = np.zeros((C, Hp, Wp, N))
+        X = np.zeros((C, Hp, Wp, N), x.dtype)
         X[:, ph:ph + H, pw:pw + W, :] = x.reshape(N, C, H, W).transpose(1, 2, 3, 0)
         X = X.reshape(g, Cg, Hp, Wp, N)
-        Y = np.zeros((g, M // g, Ho * Wo * N))
+        Y = np.zeros((g, M // g, Ho * Wo * N), x.dtype)
         for w, (ys, xs) in self._taps():
             Y += np.matmul(w, X[:, :, ys, xs, :].reshape(g, Cg, Ho * Wo * N))
         return _rows_first(Y.reshape(M * Ho, Wo, N), N).reshape(lead + (M * Ho * Wo,))
@@ -150,6 +150,10 @@ class ConvMatrix:
         grp = np.arange(M) // (M // self.groups)
         return self._with(self.weight * s[grp][:, :, None, None])
 
+    def astype(self, dtype) -> "ConvMatrix":
+        """The same convolution with its kernel in ``dtype`` (float32 for estimates)."""
+        return self._with(self.weight.astype(dtype))
+
     def _with(self, weight) -> "ConvMatrix":
         return ConvMatrix(weight, self.in_shape, self.out_hw, self.stride, self.dilation,
                           self.pads, self.groups)
@@ -170,7 +174,7 @@ def _rows_first(V: np.ndarray, N: int, block: int = 64) -> np.ndarray:
     """``(N, a * b)`` from a (possibly strided) ``(a, b, N)`` view: one copy, in blocks of rows
     that stay in cache (a plain transposed copy was 3x slower)."""
     a, b, _ = V.shape
-    out = np.empty((N, a, b))
+    out = np.empty((N, a, b), V.dtype)
     for n0 in range(0, N, block):
         out[n0:n0 + block] = V[:, :, n0:n0 + block].transpose(2, 0, 1)
     return out.reshape(N, a * b)

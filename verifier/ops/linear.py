@@ -96,8 +96,12 @@ class Linear(Node):
                 v = abs(A)
             elif what == "pos":
                 v = A.maximum(0) if sp.issparse(A) else np.maximum(A, 0)
-            else:
+            elif what == "neg":
                 v = A.minimum(0) if sp.issparse(A) else np.minimum(A, 0)
+            elif what == "f32":
+                v = A.astype(np.float32)
+            else:                                          # "conv32"
+                v = None if self.conv(k) is None else self.conv(k).astype(np.float32)
             self._cache[key] = v
         return self._cache[key]
 
@@ -125,24 +129,30 @@ class Linear(Node):
     def conv(self, k: int):
         return None if self.convs is None else self.convs[k]
 
-    def _use_conv(self, k: int, structured: str):
+    def _use_conv(self, k: int, structured: str, dtype=np.float64):
         """The ConvMatrix to multiply by: ``structured`` is ``auto`` (where it pays, see
         ``ConvMatrix.pays``), ``always`` or ``never``."""
         c = self.conv(k)
         if c is None or structured == "never" or (structured == "auto" and not c.pays):
             return None
-        return c
+        return self._derived("conv32", k) if dtype == np.float32 else c
+
+    def _mat(self, k: int, dtype):
+        """``A_k``, or its float32 copy for float32 operands (estimates, see ``bounds.engine``:
+        their products run in float32, about twice as fast; float64 stays for every bound)."""
+        return self._derived("f32", k) if dtype == np.float32 else self.mats[k]
 
     def rows_times_k(self, L: np.ndarray, k: int, structured: str = "auto") -> np.ndarray:
         """``L @ A_k``: the transposed convolution where input ``k`` is a convolution (see
-        ``_use_conv``), else the matrix product."""
-        c = self._use_conv(k, structured)
-        return rows_times(L, self.mats[k]) if c is None else c.rows_times(L)
+        ``_use_conv``), else the matrix product; in ``L``'s precision (float32 or float64)."""
+        c = self._use_conv(k, structured, L.dtype)
+        return rows_times(L, self._mat(k, L.dtype)) if c is None else c.rows_times(L)
 
     def times_k(self, k: int, x: np.ndarray, structured: str = "auto") -> np.ndarray:
-        """``x @ A_k.T`` (the convolution where input ``k`` is one, see ``_use_conv``)."""
-        c = self._use_conv(k, structured)
-        return times(self.mats[k], x) if c is None else c.times(x)
+        """``x @ A_k.T`` (the convolution where input ``k`` is one, see ``_use_conv``), in
+        ``x``'s precision."""
+        c = self._use_conv(k, structured, x.dtype)
+        return times(self._mat(k, x.dtype), x) if c is None else c.times(x)
 
     # -- evaluation -----------------------------------------------------------------------------
     def apply(self, xs: list[np.ndarray]) -> np.ndarray:

@@ -72,16 +72,23 @@ class Relu(Node):
         input's bounds ``u <= 0`` hold for both values (stably inactive: both outputs are 0)."""
         return e if u is None else np.where(u <= 0, 0.0, e)
 
-    def relax(self, l: np.ndarray, u: np.ndarray) -> Relaxation:
+    def relax(self, l: np.ndarray, u: np.ndarray, dtype=np.float64) -> Relaxation:
         """CROWN's relaxation; the lower slopes of the ``free`` (unstable) entries may be replaced
-        by any values in [0, 1] (``Engine.relaxation`` does, for optimised slopes)."""
+        by any values in [0, 1] (``Engine.relaxation`` does, for optimised slopes).  ``dtype``
+        float32: the lines rounded to float32 (for estimates only: no longer valid)."""
         active, _, unstable = masks(l, u)
-        s, t = upper_line(l, u)
-        up_slope = np.where(unstable, s, active.astype(np.float64))
-        up_off = np.where(unstable, t, 0.0)
-        lo_slope = np.where(unstable, adaptive_slope(l, u), active.astype(np.float64))
-        return Relaxation(lo_slope, up_slope, None, up_off if unstable.any() else None,
-                          free=unstable)
+        up_slope = active.astype(dtype)
+        lo_slope = up_slope.copy()
+        up_off = None
+        at = np.flatnonzero(unstable)           # a few percent of the entries: the lines there
+        if at.size:
+            lu, uu = l.reshape(-1)[at], u.reshape(-1)[at]
+            s, t = upper_line(lu, uu)
+            np.put(up_slope, at, s)
+            np.put(lo_slope, at, adaptive_slope(lu, uu))
+            up_off = np.zeros_like(up_slope)
+            np.put(up_off, at, t)
+        return Relaxation(lo_slope, up_slope, None, up_off, free=unstable)
 
     def support(self, keep: np.ndarray, lo_in: list, hi_in: list) -> list[np.ndarray]:
         """Inactive entries are the constant 0: they read nothing."""

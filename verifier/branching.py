@@ -170,7 +170,8 @@ class ReluRule:
                                     self.inherit(params, np.repeat(rep, 2)))
         lb, _ = self.eng.objective(trial, self.eng.graph.output, self.rows.C, -self.rows.d,
                                    alpha=alpha, beta=beta, estimate=True)
-        lb = np.maximum(lb, np.repeat(prow, 2 * k, axis=0))
+        # (an estimate that overflowed float32 says nothing)
+        lb = np.maximum(np.nan_to_num(lb, nan=-np.inf), np.repeat(prow, 2 * k, axis=0))
         m = self.rows.margin(lb).reshape(dom.B, k, 2)
         worse = np.where(ok, m.min(axis=2) + 1e-6 * m.max(axis=2), -np.inf)
         pick = cand[np.arange(dom.B), worse.argmax(axis=1)]

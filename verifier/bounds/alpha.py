@@ -91,8 +91,12 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         best_coef = best_coef if coef else None
     if not params:
         return AlphaResult(best, best_params, 0, time.perf_counter() - t0, best_coef)
-    m1 = {i: np.zeros_like(v) for i, v in params.items()}
-    m2 = {i: np.zeros_like(v) for i, v in params.items()}
+    # only the entries a step can move (free ReLUs for slopes, fixed phases for multipliers; a
+    # few percent of a layer) are stepped: Adam's moments live on those columns alone, in
+    # float64 (float32 gradients of nets with huge weights square to inf)
+    cols = {i: _movable(eng, dom, i) for i in params}
+    m1 = {i: np.zeros(v.shape[:2] + cols[i].shape) for i, v in params.items()}
+    m2 = {i: v.copy() for i, v in m1.items()}
     b1, b2, eps = 0.9, 0.999, 1e-8
 
     act = np.arange(dom.B)            # the domains still optimised (positions in ``best``)
@@ -112,10 +116,11 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         better = lb > cur
         if better.any():
             guess[act] = np.maximum(cur, lb)
+            bb, rr = np.nonzero(better)
             for i in params:
-                best_params[i][act] = np.where(better[:, :, None], params[i], best_params[i][act])
+                best_params[i][act[bb], rr] = params[i][bb, rr]
             if coef and not estimate:
-                best_coef[act] = np.where(better[:, :, None], lcoef, best_coef[act])
+                best_coef[act[bb], rr] = lcoef[bb, rr]
 
     it = 0
     while it < steps:
@@ -140,11 +145,16 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
         for i, g in grads.items():
             if i not in params:
                 continue
+            c = cols[i]
+            g = g[..., c].astype(np.float64)
             m1[i] = b1 * m1[i] + (1 - b1) * g
             m2[i] = b2 * m2[i] + (1 - b2) * g * g
             mh, vh = m1[i] / (1 - b1 ** it), m2[i] / (1 - b2 ** it)
-            v = params[i] + step * mh / (np.sqrt(vh) + eps)
-            params[i] = np.maximum(v, 0.0) if isinstance(i, tuple) else np.clip(v, 0.0, 1.0)
+            old = params[i][..., c]
+            with np.errstate(invalid="ignore"):
+                v = np.where(np.isfinite(mh) & np.isfinite(vh), old + step * mh / (np.sqrt(vh) + eps),
+                             old)                    # an overflowed gradient moves nothing
+            params[i][..., c] = np.maximum(v, 0.0) if isinstance(i, tuple) else np.clip(v, 0.0, 1.0)
     # from given slopes with no step taken (the deadline had passed), their bound is still due
     late = deadline is not None and time.perf_counter() > deadline
     if estimate:
@@ -163,6 +173,16 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
 
 def _node(key) -> int:
     return key[1] if isinstance(key, tuple) else key
+
+
+def _movable(eng: Engine, dom: Domains, key) -> np.ndarray:
+    """The entries a step may change, in some domain of the batch: a slope's where the ReLU is
+    free (elsewhere the relaxation ignores it and its gradient is 0), a multiplier's where the
+    phase is fixed (its gradient ``-s x`` is 0 elsewhere)."""
+    if isinstance(key, tuple):
+        return np.flatnonzero((dom.phase[key[1]] != 0).any(axis=0))
+    free = eng.relaxation(dom, key).free
+    return np.flatnonzero(free.any(axis=0)) if free is not None else np.zeros(0, np.intp)
 
 
 def tighten_intermediate(eng: Engine, dom: Domains, steps: int = 20, lr: float = 0.25,

@@ -74,3 +74,20 @@ def test_new_domains_must_have_the_bounds_the_open_ones_have():
     bad.lower[2] = bad.upper[2] = None
     with pytest.raises(ValueError, match="node 2"):
         pool.add(bad, np.zeros((1, 1)), None, {}, np.zeros(1))
+
+
+def test_a_shared_slack_is_the_roots_for_every_domain_and_not_stored_per_slot():
+    rng = np.random.default_rng(3)
+    root = _doms(rng, 1)
+    pool = Pool(root, np.zeros((1, 2)), None, {}, capacity=2, shared_slack=True)
+    assert all(v is None for v in pool.dom.fwd + pool.dom.absimg)
+    kids = _doms(rng, 5)                       # their own slack is not kept: the root's is
+    slots = pool.add(kids, np.zeros((5, 2)), None, {}, np.ones(5, np.int64))
+    got = pool.take(np.concatenate([slots[::-1], pool.ids()[:1]]))
+    assert got.B == 6
+    for xs, ys in ((got.fwd, root.fwd), (got.absimg, root.absimg)):
+        for x, y in zip(xs, ys):
+            assert (x is None) == (y is None)
+            if x is not None:
+                np.testing.assert_array_equal(x, np.repeat(y, 6, axis=0))
+    np.testing.assert_array_equal(got.lower[2][:5], kids.lower[2][::-1])

@@ -6,8 +6,10 @@ CROWN fixes each unstable ReLU's lower line ``y >= alpha x`` at ``alpha`` in {0,
 moved by projected gradient ascent (Adam, clipped to [0, 1]) on that row's lower bound.  The
 gradient comes from the engine's reverse pass through the back-substitution (``Engine.objective``
 with ``grad=True``), in numpy.  Every iterate's bound is sound, so the best one per row is kept:
-optimisation can only tighten, never break, a bound.  Intermediate bounds are left as CROWN made
-them (optimising them too costs one slope set per intermediate neuron).
+optimisation can only tighten, never break, a bound.  With ``estimate`` the iterates are float32
+estimates that only choose the slopes; the bound kept is one charged float64 pass of the chosen
+ones (from CROWN's slopes, never below CROWN's bound).  ``optimise`` leaves intermediate bounds as
+they are; ``tighten_intermediate`` optimises slopes for them.
 """
 from __future__ import annotations
 

@@ -91,3 +91,18 @@ def test_a_shared_slack_is_the_roots_for_every_domain_and_not_stored_per_slot():
             if x is not None:
                 np.testing.assert_array_equal(x, np.repeat(y, 6, axis=0))
     np.testing.assert_array_equal(got.lower[2][:5], kids.lower[2][::-1])
+
+
+def test_derived_relu_bounds_are_made_from_their_inputs_and_not_stored():
+    rng = np.random.default_rng(4)
+    root = _doms(rng, 1)
+    root.lower[1], root.upper[1] = np.maximum(root.lower[0], 0), np.maximum(root.upper[0], 0)
+    pool = Pool(root, np.zeros((1, 2)), None, {}, capacity=2, derived={1: 0})
+    assert pool.dom.lower[1] is None and pool.dom.upper[1] is None
+    kids = _doms(rng, 4)
+    kids.lower[1], kids.upper[1] = np.zeros((4, 3)), np.ones((4, 3))     # not what is kept
+    slots = pool.add(kids, np.zeros((4, 2)), None, {}, np.ones(4, np.int64))
+    got = pool.take(slots)
+    np.testing.assert_array_equal(got.lower[1], np.maximum(kids.lower[0], 0))
+    np.testing.assert_array_equal(got.upper[1], np.maximum(kids.upper[0], 0))
+    np.testing.assert_array_equal(got.lower[2], kids.lower[2])

@@ -113,9 +113,12 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         lb, coef, params = br.bound(root, deadline, start if rule == "relu" else None)
         if root_lower is not None and root_lower.shape[-1] == lb.shape[1]:
             lb = np.maximum(lb, root_lower)
-        # ReLU splits keep the root's float slack (only ``refine`` recomputes it)
+        # ReLU splits keep the root's float slack (only ``refine`` recomputes it); ReLU outputs
+        # that only interval arithmetic bounds are made from their inputs when taken out
+        derived = {r: eng.nodes[r].inputs[0] for r in br.relus if r not in eng.needed}
         pool = Pool(root, lb, coef[np.arange(1), rows.deciding(lb)] if br.needs_coef else None,
-                    params, capacity=4 * batch, shared_slack=rule == "relu" and not refine)
+                    params, capacity=4 * batch, shared_slack=rule == "relu" and not refine,
+                    derived=derived)
         hit, upper = _try_points(graph, one, rows, root, lb, coef)
         best_upper = min(best_upper, upper)
         if hit is not None:

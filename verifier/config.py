@@ -52,9 +52,13 @@ class Tuning:
     # s; ResNet-2B prop_35: 13 of ~60 in 23 s), and ResNet-2B prop_35 was verified in 91 s
     # without it, a timeout with it (120 s)
     large_net_relus: int = 2000
-    bab_fsb: int = 3            # filtered strong branching among this many BaBSR candidates (1:
+    bab_fsb: int = 5            # filtered strong branching among this many BaBSR candidates (1:
                                 # BaBSR alone); mnist_fc 256x2 prop_10 at 0.05: 5.8 s with 3,
-                                # 15.4 s with BaBSR alone (both time out without split multipliers)
+                                # 15.4 s with BaBSR alone (both time out without split multipliers);
+                                # with float32 trial estimates, oval21 base img2578 / img8194, deep
+                                # img7878, ResNet-2B props 10 / 22 / 35: 102 s in all with 3, 83
+                                # with 5, 93 with 8; mnist_fc 256x2 prop_10, 256x4 prop_11 / prop_3
+                                # at 0.05 the same (1.0 / 9.2 / 1.8 s with 5)
     split_batch: int = 512      # boxes split per round by input splitting (ACAS Xu)
     # auto gives the final MILP time only with at most this many unstable ReLUs after the bounds,
     # else branch and bound keeps it: ResNet-2B MILPs (450-1560 binaries) never finished in 120 s,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from verifier.bounds.engine import Domains
+from verifier.graph import Relu
 from verifier.pool import Pool
 
 
@@ -97,7 +98,8 @@ def test_derived_relu_bounds_are_made_from_their_inputs_and_not_stored():
     rng = np.random.default_rng(4)
     root = _doms(rng, 1)
     root.lower[1], root.upper[1] = np.maximum(root.lower[0], 0), np.maximum(root.upper[0], 0)
-    pool = Pool(root, np.zeros((1, 2)), None, {}, capacity=2, derived={1: 0})
+    pool = Pool(root, np.zeros((1, 2)), None, {}, capacity=2,
+                derived={1: Relu((0,), (3,))})
     assert pool.dom.lower[1] is None and pool.dom.upper[1] is None
     kids = _doms(rng, 4)
     kids.lower[1], kids.upper[1] = np.zeros((4, 3)), np.ones((4, 3))     # not what is kept

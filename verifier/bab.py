@@ -115,7 +115,7 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
             lb = np.maximum(lb, root_lower)
         # ReLU splits keep the root's float slack (only ``refine`` recomputes it); ReLU outputs
         # that only interval arithmetic bounds are made from their inputs when taken out
-        derived = {r: eng.nodes[r].inputs[0] for r in br.relus if r not in eng.needed}
+        derived = {r: eng.nodes[r] for r in br.relus if r not in eng.needed}
         pool = Pool(root, lb, coef[np.arange(1), rows.deciding(lb)] if br.needs_coef else None,
                     params, capacity=4 * batch, shared_slack=rule == "relu" and not refine,
                     derived=derived)

@@ -24,15 +24,15 @@ class Pool:
     ``shared_slack``: every domain has the float slack (``fwd``, ``absimg``) of ``dom``, the root,
     so it is kept once, not per slot (ReLU splits copy their parent's; a node's bounds clamped by a
     phase never change it): about half of a conv net's per-domain bytes (a worker peaked at 5.4
-    GB on ResNet-4B without this).  ``derived``: ReLU nodes whose bounds are not stored but made
-    on ``take`` from their input's, ``relu(lower), relu(upper)`` (node -> input node): sound for
-    any bounds of the input, and what such a node holds anyway where only interval arithmetic
-    bounds it (a ReLU output no relaxation reads: ``Engine.needed``)."""
+    GB on ResNet-4B without this).  ``derived``: nodes whose bounds are not stored but made on
+    ``take`` by their own interval rule from their input's bounds (node index -> node, e.g. a
+    ReLU): sound for any bounds of the input, and what such a node holds anyway where only
+    interval arithmetic bounds it (a ReLU output no relaxation reads: not ``Engine.needed``)."""
 
     def __init__(self, dom: Domains, rows: np.ndarray, coef, params: dict, capacity: int = 256,
                  shared_slack: bool = False, derived: dict | None = None):
-        self.derived = {r: j for r, j in (derived or {}).items()
-                        if dom.lower[r] is not None and dom.lower[j] is not None}
+        self.derived = {r: n for r, n in (derived or {}).items()
+                        if dom.lower[r] is not None and dom.lower[n.inputs[0]] is not None}
         none = lambda v: None if v is None else v[:0]          # no slots yet, then grown
         self.shared = ([None if v is None else v[:1].copy() for v in dom.fwd],
                        [None if v is None else v[:1].copy() for v in dom.absimg]) \
@@ -66,8 +66,9 @@ class Pool:
         """The domains in ``slots``, copied, in that order (a shared slack as read-only rows,
         derived nodes' bounds made from their inputs')."""
         out = self.dom.take(slots)
-        for r, j in self.derived.items():
-            out.lower[r], out.upper[r] = np.maximum(out.lower[j], 0.0), np.maximum(out.upper[j], 0.0)
+        for r, n in self.derived.items():
+            j = n.inputs[0]
+            out.lower[r], out.upper[r] = n.interval(out.lower[j], out.upper[j])
         if self.shared is not None:
             B = out.B
             row = lambda v: None if v is None else np.broadcast_to(v, (B, v.shape[1]))

@@ -110,11 +110,11 @@ class Domains:
         passes read: enough for estimates (``Engine.objective(estimate=True)``)."""
         idx = np.asarray(idx)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp, copy=False)
-        sub = lambda v: None if v is None or not slack else v.take(idx, axis=0)
-        return Domains([v if v is None else v.take(idx, axis=0) for v in self.lower],
-                       [v if v is None else v.take(idx, axis=0) for v in self.upper],
+        sub = lambda v: None if v is None else v.take(idx, axis=0)
+        part = sub if slack else (lambda v: None)
+        return Domains([sub(v) for v in self.lower], [sub(v) for v in self.upper],
                        {i: p.take(idx, axis=0) for i, p in self.phase.items()},
-                       [sub(v) for v in self.fwd], [sub(v) for v in self.absimg])
+                       [part(v) for v in self.fwd], [part(v) for v in self.absimg])
 
 
 def domains(graph: Graph, lower, upper, phase: dict | None = None) -> Domains:
@@ -201,26 +201,22 @@ class _Sub:
         up_s = R.up_slope[:, None, :]
         P = Lp * lo_s
         P += Ln * up_s                                      # one of the two terms is 0: exact
-        # dot products with offsets: nonzero only at free entries (relu), else at most n terms
-        n = node.size if R.free is None or not self.charge else \
-            int(R.free.sum(axis=1).max(initial=0))
         if R.lo_off is not None:
             self.add_const(bdot(Lp, R.lo_off))
-            if self.charge:
-                self.slack += gamma(n + 1) * bdot(Lp, np.abs(R.lo_off))
         if R.up_off is not None:
             self.add_const(bdot(Ln, R.up_off))
-            if self.charge:
-                self.slack -= gamma(n + 1) * bdot(Ln, np.abs(R.up_off))
         m = self.mag(j) if self.charge else None
-        if R.select is None and not self.charge:
-            if beta is not None:
-                P = P - np.maximum(beta, 0.0) * self.dom.phase[i][self.bs][:, None, :]
-            self.add_coef(j, P)
-        elif R.select is None:
+        if self.charge:
+            # dot products with offsets: nonzero only at free entries (relu), else at most n terms
+            n = node.size if R.free is None else int(R.free.sum(axis=1).max(initial=0))
+            if R.lo_off is not None:
+                self.slack += gamma(n + 1) * bdot(Lp, np.abs(R.lo_off))
+            if R.up_off is not None:
+                self.slack -= gamma(n + 1) * bdot(Ln, np.abs(R.up_off))
+        if R.select is None:
             # products with slopes other than exactly 0 or 1 round: the upper slopes of free
             # entries (|Ln up_s| = -Ln up_s, up_s >= 0), and lower slopes strictly inside (0, 1)
-            if R.free is not None:
+            if R.free is not None and self.charge:
                 self.slack -= gamma(1) * bdot(Ln, R.up_slope * R.free * m)
                 if lo_s.ndim == 3 and alpha is not None:
                     frac = (lo_s > 0) & (lo_s < 1)
@@ -231,7 +227,8 @@ class _Sub:
                 # bounds the objective.  Only the subtraction rounds (beta s is exact).
                 sgn = self.dom.phase[i][self.bs]
                 P = P - np.maximum(beta, 0.0) * sgn[:, None, :]
-                self.slack += gamma(1) * bdot(np.abs(P) * (sgn != 0)[:, None, :], m)
+                if self.charge:
+                    self.slack += gamma(1) * bdot(np.abs(P) * (sgn != 0)[:, None, :], m)
             self.add_coef(j, P)
         else:                       # several entries may select the same input: sums of <= n terms
             if self.charge:
@@ -579,7 +576,8 @@ class Engine:
         The slope of entry ``e`` enters as ``L_e * slope * x_e`` where ``L_e >= 0``, so its
         derivative is ``L_e * xh_in[e]`` there and 0 elsewhere.  Returns the slope gradients and
         ``xh_t``."""
-        lo, hi = dom.lower[0][bs].astype(sub.dt), dom.upper[0][bs].astype(sub.dt)
+        lo = dom.lower[0][bs].astype(sub.dt, copy=False)
+        hi = dom.upper[0][bs].astype(sub.dt, copy=False)
         xh = {0: np.where(L0 >= 0, lo[:, None, :], hi[:, None, :])}
         grads = {}
         for i in reversed(sub.done):

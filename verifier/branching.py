@@ -172,7 +172,8 @@ class ReluRule:
                                    alpha=alpha, beta=beta, estimate=True)
         # (an estimate that overflowed float32 says nothing)
         lb = np.maximum(np.nan_to_num(lb, nan=-np.inf), np.repeat(prow, 2 * k, axis=0))
-        m = self.rows.margin(lb).reshape(dom.B, k, 2)
+        # in float64: two float32 estimates near the top of float32's range overflow their sum
+        m = self.rows.margin(lb).reshape(dom.B, k, 2).astype(np.float64)
         worse = np.where(ok, m.min(axis=2) + 1e-6 * m.max(axis=2), -np.inf)
         pick = cand[np.arange(dom.B), worse.argmax(axis=1)]
         return np.where(ok.any(axis=1), nodes[pick], -1), entries[pick]

@@ -78,7 +78,8 @@ class Tuning:
     bab_first_share: float = 0.15   # the first branch and bound: what it decides stays fast
     # of the time left for the refinement (mnist_fc 256x4 eps 0.05 prop_0, one process: 203 ->
     # 173 unstable in 18 s); 256x4 at 0.05, 300 s: prop_5 timeout -> 132 s, prop_14 274 s (the
-    # final MILP) -> 119 s, prop_0 125 -> 145 s, prop_10 a timeout either way with 0.6 for 0.3
+    # final MILP) -> 119 s, prop_0 125 -> 145 s, prop_10 a timeout either way with 0.6 for 0.3;
+    # with 0.8 prop_5 is a timeout again
     refine_share: float = 0.6
     refine_neuron_time: float = 1.0  # per MILP side: a proof takes 0.16-0.3 s, a failed one
                                      # stops at the first crossing point

@@ -170,13 +170,13 @@ class ReluRule:
                                     self.inherit(params, np.repeat(rep, 2)))
         lb, _ = self.eng.objective(trial, self.eng.graph.output, self.rows.C, -self.rows.d,
                                    alpha=alpha, beta=beta, estimate=True)
-        # (an estimate that overflowed float32 says nothing; an infinite one stays infinite,
-        # and the tie-break below leaves it out: the largest float overflowed the sum)
-        lb = np.maximum(np.nan_to_num(lb, nan=-np.inf, posinf=np.inf, neginf=-np.inf),
-                        np.repeat(prow, 2 * k, axis=0))
-        m = self.rows.margin(lb).reshape(dom.B, k, 2).astype(np.float64)
-        hi = m.max(axis=2)
-        worse = np.where(ok, m.min(axis=2) + 1e-6 * np.where(np.isfinite(hi), hi, 0.0), -np.inf)
+        # (an estimate that overflowed float32 says nothing)
+        lb = np.maximum(np.nan_to_num(lb, nan=-np.inf), np.repeat(prow, 2 * k, axis=0))
+        m = self.rows.margin(lb).reshape(dom.B, k, 2)
+        # a closed (infinite) child is the largest float here, so its tie-break term outweighs
+        # any bound: such a split is taken first.  The sum then overflows to inf, which is meant
+        with np.errstate(over="ignore"):
+            worse = np.where(ok, m.min(axis=2) + 1e-6 * m.max(axis=2), -np.inf)
         pick = cand[np.arange(dom.B), worse.argmax(axis=1)]
         return np.where(ok.any(axis=1), nodes[pick], -1), entries[pick]
 

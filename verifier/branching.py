@@ -173,8 +173,9 @@ class ReluRule:
         # (an estimate that overflowed float32 says nothing)
         lb = np.maximum(np.nan_to_num(lb, nan=-np.inf), np.repeat(prow, 2 * k, axis=0))
         m = self.rows.margin(lb).reshape(dom.B, k, 2)
-        # a closed (infinite) child is the largest float here, so its tie-break term outweighs
-        # any bound: such a split is taken first.  The sum then overflows to inf, which is meant
+        # an infinite child estimate (a closed child, or a float32 overflow) is the largest float
+        # here, so its tie-break term outweighs any bound: such a split is taken first.  The sum
+        # then overflows to inf, which is meant
         with np.errstate(over="ignore"):
             worse = np.where(ok, m.min(axis=2) + 1e-6 * m.max(axis=2), -np.inf)
         pick = cand[np.arange(dom.B), worse.argmax(axis=1)]

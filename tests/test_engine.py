@@ -325,3 +325,34 @@ def test_beta_recovers_what_the_split_constraint_excludes():
     assert eng.margins(dom, C, d)[0, 0] <= -1 + 1e-9          # the split is invisible to y = x
     opt = alpha_opt.optimise(eng, dom, C, d, steps=60, lr=0.5, beta=True)
     assert opt.lower[0, 0] > -1e-2                            # beta brings in x >= 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fixing_phases_in_place_equals_setting_whole_bounds(seed):
+    """``Engine.fix_phases`` (branch and bound's splits) writes only the split entries; the
+    bounds must be those ``_set`` gives on the whole arrays, and the phases the same."""
+    from test_input_split import random_net
+    rng = np.random.default_rng(seed)
+    g = random_net(seed, n_in=3, widths=(10, 10))
+    eng = Engine(g, arithmetic="real")
+    B = 6
+    lo = rng.uniform(-1, 0, size=(B, 3))
+    dom = domains(g, lo, lo + rng.uniform(0.5, 2, size=(B, 3)))
+    eng.bound(dom)
+    relus = [i for i, n in enumerate(g.nodes) if isinstance(n, Relu)]
+    for r in relus:
+        j = g.nodes[r].inputs[0]
+        rows = np.arange(B)
+        entries = rng.integers(0, g.nodes[r].size, size=B)
+        signs = rng.choice(np.array([1, -1], np.int8), size=B)
+        a, b = dom.take(np.arange(B)), dom.take(np.arange(B))
+        eng.fix_phases(a, r, rows, entries, signs)
+        b.phase.setdefault(r, np.zeros((B, g.nodes[r].size), np.int8))[rows, entries] = signs
+        eng._set(b, j, b.lower[j], b.upper[j])
+        eng._set(b, r, *eng.interval_node(b, r))
+        for i in range(len(g.nodes)):
+            if a.lower[i] is not None:
+                np.testing.assert_array_equal(a.lower[i], b.lower[i])
+                np.testing.assert_array_equal(a.upper[i], b.upper[i])
+        np.testing.assert_array_equal(a.phase[r], b.phase[r])
+        dom = a

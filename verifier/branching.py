@@ -192,11 +192,7 @@ class ReluRule:
         node2, entry2 = np.repeat(node, 2), np.repeat(entry, 2)
         for r in set(node.tolist()) - {-1}:
             sel = np.flatnonzero(node2 == r)
-            ph = two.phase.setdefault(r, np.zeros((two.B, eng.nodes[r].size), np.int8))
-            ph[sel, entry2[sel]] = sign[sel]
-            j = eng.nodes[r].inputs[0]
-            eng._set(two, j, two.lower[j], two.upper[j])        # clamps the new phases
-            eng._set(two, r, *eng.interval_node(two, r))
+            eng.fix_phases(two, r, sel, entry2[sel], sign[sel])
         two.relax = {}
         if refine:
             first = min((r for r in set(node.tolist()) if r >= 0), default=None)

@@ -387,6 +387,33 @@ class Engine:
             dom.relax.pop(("mag", i), None)
             dom.relax.pop("infeasible", None)
 
+    def fix_phases(self, dom: Domains, r: int, rows: np.ndarray, entries: np.ndarray,
+                   signs: np.ndarray) -> None:
+        """Fix ReLU ``r``'s phase of domain ``rows[c]`` at ``entries[c]`` to ``signs[c]`` (+1
+        active, -1 inactive) and clamp the bounds there: its input's lower bound to >= 0 (upper
+        to <= 0), its output's by the interval rule.  Only those entries change: the same bounds
+        as ``_set`` on the whole arrays (whose other clamps hold already), without passes over
+        every domain's every entry (on conv nets that cost 6 of 120 s of strong branching).
+        ``dom``'s arrays are written in place (a ``take``'s copies)."""
+        ph = dom.phase.get(r)
+        if ph is None:
+            ph = dom.phase[r] = np.zeros((dom.B, self.nodes[r].size), np.int8)
+        ph[rows, entries] = signs
+        j = self.nodes[r].inputs[0]
+        lo_j, hi_j, lo_r, hi_r = dom.lower[j], dom.upper[j], dom.lower[r], dom.upper[r]
+        if lo_r is None or not (lo_j.flags.writeable and lo_r.flags.writeable):
+            self._set(dom, j, lo_j, hi_j)
+            self._set(dom, r, *self.interval_node(dom, r))
+        else:
+            on = signs > 0
+            a, ea, b, eb = rows[on], entries[on], rows[~on], entries[~on]
+            lo_j[a, ea] = np.maximum(lo_j[a, ea], 0.0)
+            hi_j[b, eb] = np.minimum(hi_j[b, eb], 0.0)
+            at = (rows, entries)
+            lo_r[at] = np.maximum(lo_r[at], np.maximum(lo_j[at], 0.0))
+            hi_r[at] = np.minimum(hi_r[at], np.maximum(hi_j[at], 0.0))
+        dom.relax = {}
+
     def interval_node(self, dom: Domains, i: int):
         """Interval bounds of node ``i`` from its inputs' current bounds.  Linear: our evaluation
         of the sums errs by at most ``gamma(n) absimg`` and the float64 network deviates by at most

@@ -212,3 +212,25 @@ def test_one_search_per_conjunction_agrees_with_enumeration():
             root = conjunction_max(b.margin_lower, case.stacked()[2], len(case.unsafe))
             assert all(root[c["conjunction"]] <= 0 for c in r.stats["conjunctions"])
     assert decided >= 20
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_search_over_its_memory_cap_gives_the_same_answers(seed):
+    """With a pool cap below one domain every round splits the domains closest to closing; the
+    answers (against enumeration) are the same as without a cap, and the rounds say so."""
+    rng = np.random.default_rng(900 + seed)
+    g = _with_onnx(mlp(seed, (3, 6, 5, 3)))
+    box = rand_box(seed, g.n_inputs)
+    over = 0
+    for case, true_margin in _thresholds(g, box, rng, n=4):
+        free = _bab(g, case, fsb=3, leaf_relus=0)
+        capped = _bab(g, case, fsb=3, leaf_relus=0, pool_bytes=1)
+        assert capped.status == free.status, (capped.status, free.status, true_margin)
+        if true_margin > 1e-9:
+            assert capped.status == "verified"
+            assert capped.margin_lower <= true_margin + 1e-9
+        elif true_margin < -1e-9:
+            assert capped.status == "falsified"
+        over += capped.stats.get("rounds_over_memory", 0)
+        assert capped.stats.get("rounds_over_memory", 0) == capped.stats["rounds"]
+    assert over > 0

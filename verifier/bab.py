@@ -51,7 +51,8 @@ class BabResult:
 def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: Engine,
                      deadline: float, *, rule: str = "relu", batch: int | None = None,
                      steps: int = 20, refine: bool = False, fsb: int = 0, top: int = 1,
-                     max_domains: int = 200_000, leaf_relus: int = 4, leaf_time: float = 2.0,
+                     max_domains: int = 200_000, pool_bytes: float = np.inf,
+                     leaf_relus: int = 4, leaf_time: float = 2.0,
                      start: dict | None = None, root_lower: np.ndarray | None = None,
                      alpha_steps: int = 0, beta: bool = True, attack_every: float = 1.0,
                      attack_domains: int = 8, attack_time: float = 0.1,
@@ -64,8 +65,12 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
     many candidates, ``beta=False`` no split multipliers) or "input" (the input box; ``top`` inputs looked ahead, ``alpha_steps``
     slope steps per batch).  ``batch``: domains split per round (default 64 for relu, 512 for
     input).  ``max_domains``: open domains kept at most (memory), beyond which the answer is
-    ``unknown``.  ``start``: the root's slopes (e.g. ``Ladder.slopes``); ``root_lower``: known row
-    bounds of the root (e.g. the ladder's margins).  ``leaf_relus``, ``leaf_time``: leaves for the
+    ``unknown``; ``pool_bytes``: while the open domains hold more bytes than this, each round
+    splits the open domains with the highest bounds (closest to closing: the pool shrinks) instead
+    of the lowest.  How a domain is split and bounded does not depend on when (up to the rounding
+    of batched products), so the tree searched and the answer are the same; the order, and with it
+    the memory, differ.  ``start``: the root's slopes (e.g. ``Ladder.slopes``); ``root_lower``:
+    known row bounds of the root (e.g. the ladder's margins).  ``leaf_relus``, ``leaf_time``: leaves for the
     exact MILP; ``attack_every``, ``attack_domains``, ``attack_time``: PGD in the worst open
     domains (see the module docstring; ``attack_every=inf`` turns it off).  ``resume``: an
     undecided result of an earlier search of the same case and rule, whose open domains go on
@@ -143,9 +148,16 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
             stats["message"] = f"more than {max_domains} open domains"
             return result("unknown")
         stats["rounds"] += 1
-        # the domains with the lowest bounds first: they decide the answer
+        # the domains with the lowest bounds first: they decide the answer (and the worst open
+        # bound at a timeout); over the memory cap the highest first, whose children close
         order = ids[np.argsort(m, kind="stable")]
-        pick = order[:batch]
+        held = pool.nbytes()
+        stats["pool_peak_bytes"] = max(stats.get("pool_peak_bytes", 0), held)
+        if held > pool_bytes:
+            pick = order[-batch:]
+            stats["rounds_over_memory"] = stats.get("rounds_over_memory", 0) + 1
+        else:
+            pick = order[:batch]
         if time.perf_counter() >= next_attack:
             t1 = time.perf_counter()
             worst = order[:attack_domains]
@@ -272,7 +284,7 @@ def per_conjunction(graph: Graph, prop: Property, k: int, root: Domains, eng: En
                                       **{key: r.stats.get(key) for key in
                                          ("domains", "rounds", "max_depth", "time_s")}})
         for key, v in r.stats.items():
-            if key in ("max_depth", "steps"):
+            if key in ("max_depth", "steps", "pool_peak_bytes"):
                 stats[key] = max(stats.get(key, 0), v)
             elif isinstance(v, (int, float)) and key != "time_s":
                 stats[key] = stats.get(key, 0) + v

@@ -89,16 +89,21 @@ class Tuning:
                                 # whose one row would not fit keep interval bounds; an output
                                 # that does not fit is `unknown`, with the reason in stats)
 
+    pool_gb: float = 2.0        # open domains of one branch-and-bound search (GiB): past it the
+                                # search splits the domains closest to closing first, so the pool
+                                # shrinks (mnist_fc 256x6 held 95 thousand, a 5.0 GB worker, at
+                                # 300 s without it)
+
     def __post_init__(self):
         for name in ("alpha_share", "lp_share", "split_share", "bab_share", "bab_first_share",
                      "refine_share"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 < v <= 1.0):
                 raise OptionsError(f"{name} must lie in (0, 1], got {v!r}")
-        if not (isinstance(self.memory_gb, (int, float)) and math.isfinite(self.memory_gb)
-                and self.memory_gb > 0):
-            raise OptionsError(f"memory_gb must be a positive number of GiB, got "
-                               f"{self.memory_gb!r}")
+        for name in ("memory_gb", "pool_gb"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise OptionsError(f"{name} must be a positive number of GiB, got {v!r}")
         for name in ("min_stage", "milp_neuron_time", "leaf_time", "domain_attack_time",
                      "refine_neuron_time"):
             v = getattr(self, name)
@@ -145,6 +150,11 @@ class Options:
     seed: int = 0
     arithmetic: str = "float32"
     tuning: Tuning = Tuning()
+
+    pool_gb: float = 2.0        # open domains of one branch-and-bound search (GiB): past it the
+                                # search splits the domains closest to closing first, so the pool
+                                # shrinks (mnist_fc 256x6 held 95 thousand, a 5.0 GB worker, at
+                                # 300 s without it)
 
     def __post_init__(self):
         if not isinstance(self.tuning, Tuning):

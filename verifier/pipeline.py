@@ -122,7 +122,7 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
     first = time.perf_counter() + (end - time.perf_counter()) / 3
     kw = dict(rule="input", batch=tune.split_batch, leaf_relus=tune.leaf_relus,
               leaf_time=tune.leaf_time, attack_every=tune.domain_attack_every,
-              attack_time=tune.domain_attack_time)
+              attack_time=tune.domain_attack_time, pool_bytes=tune.pool_gb * 2**30)
     r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, first, top=2, **kw)
     if r.status in ("verified", "falsified") or time.perf_counter() >= end:
         return r
@@ -143,7 +143,8 @@ def _relu_bab(net, prop, k, ladder, bounds, end: float, tune, resume=None):
                            leaf_relus=tune.leaf_relus, leaf_time=tune.leaf_time,
                            root_lower=bounds.margin_lower[None, :],
                            attack_every=tune.domain_attack_every,
-                           attack_time=tune.domain_attack_time, resume=resume)
+                           attack_time=tune.domain_attack_time,
+                           pool_bytes=tune.pool_gb * 2**30, resume=resume)
 
 
 def _strongest(methods) -> str:

@@ -58,6 +58,19 @@ class Pool:
     def capacity(self) -> int:
         return self.live.size
 
+    def slot_bytes(self) -> int:
+        """Bytes one domain's slot holds (bounds, phases, slopes and multipliers, row bounds)."""
+        st = self.dom
+        arrays = [v for vs in (st.lower, st.upper, st.fwd, st.absimg) for v in vs if v is not None]
+        arrays += [*st.phase.values(), *self.params.values(), self.rows]
+        if self.coef is not None:
+            arrays.append(self.coef)
+        return sum(v[:1].nbytes for v in arrays)
+
+    def nbytes(self) -> int:
+        """Bytes of the open domains."""
+        return self.n * self.slot_bytes()
+
     def ids(self) -> np.ndarray:
         """The slots in use, ascending."""
         return np.flatnonzero(self.live)

@@ -356,3 +356,31 @@ def test_fixing_phases_in_place_equals_setting_whole_bounds(seed):
                 np.testing.assert_array_equal(a.upper[i], b.upper[i])
         np.testing.assert_array_equal(a.phase[r], b.phase[r])
         dom = a
+
+
+@pytest.mark.parametrize("kind", sorted(NETS))
+def test_estimates_read_only_the_estimate_nodes(kind):
+    """Strong branching's trial domains keep only ``Engine.estimate_nodes``' bounds: the
+    estimates (with split phases, slopes and multipliers) are those of full copies."""
+    rng = np.random.default_rng(11)
+    g = NETS[kind](rng)
+    eng = Engine(g, arithmetic="real")
+    lo, hi = _box(rng, g.n_inputs)
+    dom = domains(g, np.repeat(lo[None], 3, axis=0), np.repeat(hi[None], 3, axis=0))
+    eng.bound(dom)
+    relus = [i for i, n in enumerate(g.nodes) if isinstance(n, Relu)]
+    C = rng.normal(size=(2, g.n_outputs))
+    for r in relus:
+        j = g.nodes[r].inputs[0]
+        free = np.flatnonzero((dom.lower[j][0] < 0) & (dom.upper[j][0] > 0))
+        if free.size:
+            eng.fix_phases(dom, r, np.array([1, 2]), free[:1].repeat(2), np.array([1, -1], np.int8))
+    beta = {r: rng.random((3, 2, g.nodes[r].size)) for r in dom.phase}
+    idx = np.array([0, 1, 2, 2, 1])
+    full = dom.take(idx, slack=False)
+    part = dom.take(idx, slack=False, nodes=eng.estimate_nodes)
+    assert sum(v is not None for v in part.lower) < sum(v is not None for v in full.lower)
+    b = {r: v[idx] for r, v in beta.items()}
+    a, _ = eng.objective(full, g.output, C, beta=b, estimate=True)
+    e, _ = eng.objective(part, g.output, C, beta=b, estimate=True)
+    np.testing.assert_array_equal(a, e)

@@ -104,15 +104,21 @@ class Domains:
             self.relax["infeasible"] = bad
         return bad
 
-    def take(self, idx, slack: bool = True) -> "Domains":
+    def take(self, idx, slack: bool = True, nodes=None) -> "Domains":
         """The domains ``idx`` (an index array or mask), copied (by the indexing itself);
         ``slack=False`` leaves out the float slack (``fwd``, ``absimg``), which only charged
-        passes read: enough for estimates (``Engine.objective(estimate=True)``)."""
+        passes read, and ``nodes`` (a set) keeps the bounds of those nodes only (e.g.
+        ``Engine.estimate_nodes``): enough for estimates (``Engine.objective(estimate=True)``)."""
         idx = np.asarray(idx)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp, copy=False)
         sub = lambda v: None if v is None else v.take(idx, axis=0)
         part = sub if slack else (lambda v: None)
-        return Domains([sub(v) for v in self.lower], [sub(v) for v in self.upper],
+        if nodes is None:
+            lower, upper = [sub(v) for v in self.lower], [sub(v) for v in self.upper]
+        else:
+            lower = [sub(v) if i in nodes else None for i, v in enumerate(self.lower)]
+            upper = [sub(v) if i in nodes else None for i, v in enumerate(self.upper)]
+        return Domains(lower, upper,
                        {i: p.take(idx, axis=0) for i, p in self.phase.items()},
                        [part(v) for v in self.fwd], [part(v) for v in self.absimg])
 
@@ -324,6 +330,19 @@ class Engine:
         return self.memory_bytes is None or \
             8.0 * BLOCK_COPIES * rows * float(self.width[t]) <= self.memory_bytes
 
+    @property
+    def estimate_nodes(self) -> frozenset:
+        """The nodes whose bounds an estimate reads (``objective(estimate=True)``: the input box
+        and the inputs of relaxed nodes, and a max-pool's own upper bounds), not a ReLU's output
+        or an affine node no relaxation reads."""
+        keep = {0}
+        for i, n in enumerate(self.nodes):
+            if not n.affine:
+                keep.update(n.inputs)
+                if not isinstance(n, Relu):
+                    keep.add(i)
+        return frozenset(keep)
+
     def _need_fit(self, t: int) -> None:
         if not self.fits(t):
             need = 8 * BLOCK_COPIES * int(self.width[t])
@@ -401,17 +420,19 @@ class Engine:
         ph[rows, entries] = signs
         j = self.nodes[r].inputs[0]
         lo_j, hi_j, lo_r, hi_r = dom.lower[j], dom.upper[j], dom.lower[r], dom.upper[r]
-        if lo_r is None or not (lo_j.flags.writeable and lo_r.flags.writeable):
+        if not (lo_j.flags.writeable and (lo_r is None or lo_r.flags.writeable)):
             self._set(dom, j, lo_j, hi_j)
-            self._set(dom, r, *self.interval_node(dom, r))
+            if lo_r is not None:
+                self._set(dom, r, *self.interval_node(dom, r))
         else:
             on = signs > 0
             a, ea, b, eb = rows[on], entries[on], rows[~on], entries[~on]
             lo_j[a, ea] = np.maximum(lo_j[a, ea], 0.0)
             hi_j[b, eb] = np.minimum(hi_j[b, eb], 0.0)
-            at = (rows, entries)
-            lo_r[at] = np.maximum(lo_r[at], np.maximum(lo_j[at], 0.0))
-            hi_r[at] = np.minimum(hi_r[at], np.maximum(hi_j[at], 0.0))
+            if lo_r is not None:          # (an estimate's copy may leave the output out)
+                at = (rows, entries)
+                lo_r[at] = np.maximum(lo_r[at], np.maximum(lo_j[at], 0.0))
+                hi_r[at] = np.minimum(hi_r[at], np.maximum(hi_j[at], 0.0))
         dom.relax = {}
 
     def interval_node(self, dom: Domains, i: int):

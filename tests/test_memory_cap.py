@@ -81,3 +81,9 @@ def test_memory_gb_is_validated():
         Tuning(memory_gb=0)
     with pytest.raises(OptionsError):
         Tuning(memory_gb=float("inf"))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), "2"])
+def test_pool_gb_is_validated(bad):
+    with pytest.raises(OptionsError):
+        Tuning(pool_gb=bad)

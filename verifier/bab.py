@@ -70,8 +70,8 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
     of the lowest.  How a domain is split and bounded does not depend on when (up to the rounding
     of batched products), so the tree searched and the answer are the same; the order, and with it
     the memory, differ.  ``start``: the root's slopes (e.g. ``Ladder.slopes``); ``root_lower``:
-    known row bounds of the root (e.g. the ladder's margins).  ``leaf_relus``, ``leaf_time``: leaves for the
-    exact MILP; ``attack_every``, ``attack_domains``, ``attack_time``: PGD in the worst open
+    known row bounds of the root (e.g. the ladder's margins).  ``leaf_relus``, ``leaf_time``:
+    leaves for the exact MILP; ``attack_every``, ``attack_domains``, ``attack_time``: PGD in the worst open
     domains (see the module docstring; ``attack_every=inf`` turns it off).  ``resume``: an
     undecided result of an earlier search of the same case and rule, whose open domains go on
     from where they were, their node bounds intersected with ``root``'s (which may have been

@@ -193,8 +193,7 @@ class ReluRule:
         node2, entry2 = np.repeat(node, 2), np.repeat(entry, 2)
         for r in set(node.tolist()) - {-1}:
             sel = np.flatnonzero(node2 == r)
-            eng.fix_phases(two, r, sel, entry2[sel], sign[sel])
-        two.relax = {}
+            eng.fix_phases(two, r, sel, entry2[sel], sign[sel])     # (drops cached relaxations)
         if refine:
             first = min((r for r in set(node.tolist()) if r >= 0), default=None)
             if first is not None:

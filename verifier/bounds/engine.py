@@ -113,12 +113,9 @@ class Domains:
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp, copy=False)
         sub = lambda v: None if v is None else v.take(idx, axis=0)
         part = sub if slack else (lambda v: None)
-        if nodes is None:
-            lower, upper = [sub(v) for v in self.lower], [sub(v) for v in self.upper]
-        else:
-            lower = [sub(v) if i in nodes else None for i, v in enumerate(self.lower)]
-            upper = [sub(v) if i in nodes else None for i, v in enumerate(self.upper)]
-        return Domains(lower, upper,
+        kept = lambda vs: [sub(v) if nodes is None or i in nodes else None
+                           for i, v in enumerate(vs)]
+        return Domains(kept(self.lower), kept(self.upper),
                        {i: p.take(idx, axis=0) for i, p in self.phase.items()},
                        [part(v) for v in self.fwd], [part(v) for v in self.absimg])
 

@@ -384,3 +384,53 @@ def test_estimates_read_only_the_estimate_nodes(kind):
     a, _ = eng.objective(full, g.output, C, beta=b, estimate=True)
     e, _ = eng.objective(part, g.output, C, beta=b, estimate=True)
     np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("kind", sorted(NETS))
+def test_carried_relaxations_equal_recomputed_ones_after_splits(kind):
+    """``take(relax=True)`` then ``fix_phases`` (branch and bound's children and strong
+    branching's trials) patches the cached relaxations (float64 and float32), magnitudes and
+    infeasibility flags: each equals what a copy without the cache recomputes."""
+    rng = np.random.default_rng(5)
+    g = NETS[kind](rng)
+    eng = Engine(g, arithmetic="real")
+    lo, hi = _box(rng, g.n_inputs)
+    B = 4
+    dom = domains(g, np.repeat(lo[None], B, axis=0), np.repeat(hi[None], B, axis=0))
+    eng.bound(dom)
+    relaxed = [i for i, n in enumerate(g.nodes) if not n.affine and i > 0]
+    relus = [i for i in relaxed if isinstance(g.nodes[i], Relu)]
+    split = 0
+    for r in relus:
+        for i in relaxed:                        # fill every cache the engine keeps
+            eng.relaxation(dom, i)
+            eng.relaxation(dom, i, dtype=np.float32)
+            eng.mag(dom, g.nodes[i].inputs[0])
+            eng.mag(dom, i)
+        dom.infeasible()
+        j = g.nodes[r].inputs[0]
+        # every entry's phase fixed somewhere: unstable ones, stable ones, the impossible side
+        entries = rng.integers(0, g.nodes[r].size, size=2 * B)
+        rows = np.repeat(np.arange(B), 2)
+        signs = rng.choice(np.array([1, -1], np.int8), size=2 * B)
+        idx = rng.integers(0, B, size=B)
+        a = dom.take(idx, relax=True)
+        eng.fix_phases(a, r, rows, entries, signs)
+        b = a.take(np.arange(B))                 # the same bounds, no cache
+        for key, R in a.relax.items():
+            if key == "infeasible":
+                np.testing.assert_array_equal(R, b.infeasible())
+            elif isinstance(key, tuple) and key[0] == "mag":
+                np.testing.assert_array_equal(R, eng.mag(b, key[1]))
+            else:
+                i, dt = (key[1], np.float32) if isinstance(key, tuple) else (key, np.float64)
+                F = eng.relaxation(b, i, dtype=dt)
+                for f in ("lo_slope", "up_slope", "lo_off", "up_off", "select", "free"):
+                    x, y = getattr(R, f), getattr(F, f)
+                    if x is None or y is None:     # an offset of None is zero
+                        assert not np.any(x if y is None else y), (key, f)
+                    else:
+                        np.testing.assert_array_equal(x, y, err_msg=f"{key} {f}")
+        split += int(((a.lower[j] >= 0) != (dom.lower[j][idx] >= 0)).any())
+        dom = a
+    assert split > 0 or not relus

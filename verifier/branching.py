@@ -188,7 +188,7 @@ class ReluRule:
         ``Domains.take``)."""
         eng = self.eng
         two = dom.take(np.repeat(np.arange(dom.B) if of is None else of, 2), slack,
-                       None if slack else eng.estimate_nodes)
+                       None if slack else eng.estimate_nodes, relax=True)
         sign = np.tile(np.array([1, -1], np.int8), node.size)
         node2, entry2 = np.repeat(node, 2), np.repeat(entry, 2)
         for r in set(node.tolist()) - {-1}:

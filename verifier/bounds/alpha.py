@@ -134,7 +134,7 @@ def optimise(eng: Engine, dom: Domains, C: np.ndarray, d: np.ndarray, steps: int
             # a domain copy costs about a fifth of a step: shrink once a tenth is settled
             if off.sum() >= max(1, act.size // 10):
                 keep = np.flatnonzero(~off)
-                act, dom = act[keep], dom.take(keep)
+                act, dom = act[keep], dom.take(keep, relax=True)
                 for store in (params, m1, m2):
                     for i in store:
                         store[i] = store[i][keep]

@@ -104,20 +104,32 @@ class Domains:
             self.relax["infeasible"] = bad
         return bad
 
-    def take(self, idx, slack: bool = True, nodes=None) -> "Domains":
+    def take(self, idx, slack: bool = True, nodes=None, relax: bool = False) -> "Domains":
         """The domains ``idx`` (an index array or mask), copied (by the indexing itself);
         ``slack=False`` leaves out the float slack (``fwd``, ``absimg``), which only charged
         passes read, and ``nodes`` (a set) keeps the bounds of those nodes only (e.g.
-        ``Engine.estimate_nodes``): enough for estimates (``Engine.objective(estimate=True)``)."""
+        ``Engine.estimate_nodes``): enough for estimates (``Engine.objective(estimate=True)``).
+        ``relax``: the cached relaxations and magnitudes are copied too (indexing them is about
+        ten times cheaper than recomputing a ReLU's): only for a copy whose bounds then change
+        through ``Engine.fix_phases`` (which updates them) or ``Engine._set`` (which drops them),
+        or not at all."""
         idx = np.asarray(idx)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp, copy=False)
         sub = lambda v: None if v is None else v.take(idx, axis=0)
         part = sub if slack else (lambda v: None)
         kept = lambda vs: [sub(v) if nodes is None or i in nodes else None
                            for i, v in enumerate(vs)]
-        return Domains(kept(self.lower), kept(self.upper),
-                       {i: p.take(idx, axis=0) for i, p in self.phase.items()},
-                       [part(v) for v in self.fwd], [part(v) for v in self.absimg])
+        out = Domains(kept(self.lower), kept(self.upper),
+                      {i: p.take(idx, axis=0) for i, p in self.phase.items()},
+                      [part(v) for v in self.fwd], [part(v) for v in self.absimg])
+        if relax:
+            out.relax = {key: sub(v) if isinstance(v, np.ndarray) else
+                         replace(v, **{f: sub(getattr(v, f)) for f in RELAX_FIELDS})
+                         for key, v in self.relax.items()}
+        return out
+
+
+RELAX_FIELDS = ("lo_slope", "up_slope", "lo_off", "up_off", "select", "free")
 
 
 def domains(graph: Graph, lower, upper, phase: dict | None = None) -> Domains:
@@ -410,7 +422,9 @@ class Engine:
         to <= 0), its output's by the interval rule.  Only those entries change: the same bounds
         as ``_set`` on the whole arrays (whose other clamps hold already), without passes over
         every domain's every entry (on conv nets that cost 6 of 120 s of strong branching).
-        ``dom``'s arrays are written in place (a ``take``'s copies)."""
+        ``dom``'s arrays are written in place (a ``take``'s copies); so are its cached ReLU
+        relaxations and magnitudes (``take(relax=True)``): the split entries become stable, as
+        recomputing them would give."""
         ph = dom.phase.get(r)
         if ph is None:
             ph = dom.phase[r] = np.zeros((dom.B, self.nodes[r].size), np.int8)
@@ -430,7 +444,44 @@ class Engine:
                 at = (rows, entries)
                 lo_r[at] = np.maximum(lo_r[at], np.maximum(lo_j[at], 0.0))
                 hi_r[at] = np.minimum(hi_r[at], np.maximum(hi_j[at], 0.0))
-        dom.relax = {}
+        self._patch_relax(dom, r, rows, entries)
+
+    def _patch_relax(self, dom: Domains, r: int, rows: np.ndarray, entries: np.ndarray) -> None:
+        """The cached relaxations of ``dom`` after ``fix_phases`` clamped ReLU ``r`` at
+        ``(rows, entries)``: what recomputing them from the new bounds gives (an entry with
+        ``l >= 0`` has slopes 1, else 0, no offset, not free); any other relaxation that reads
+        the two changed nodes' bounds (their relaxed consumers, a relaxed input node itself, e.g.
+        a max-pool, whose relaxation reads its own bounds) is dropped (recomputed when read)."""
+        if not dom.relax:
+            return
+        j = self.nodes[r].inputs[0]
+        at = (rows, entries)
+        for key in (r, ("f32", r)):
+            R = dom.relax.get(key)
+            if R is None:
+                continue
+            on = dom.lower[j][at] >= 0
+            R.lo_slope[at] = on
+            R.up_slope[at] = on
+            for off in (R.lo_off, R.up_off):
+                if off is not None:
+                    off[at] = 0.0
+            if R.free is not None:
+                R.free[at] = False
+        bad = dom.relax.get("infeasible")
+        for n in (j, r):
+            m = dom.relax.get(("mag", n))
+            if dom.lower[n] is None:
+                dom.relax.pop(("mag", n), None)
+                continue
+            if m is not None:
+                m[at] = absmax(dom.lower[n][at], dom.upper[n][at])
+            if bad is not None:
+                np.logical_or.at(bad, rows, dom.lower[n][at] > dom.upper[n][at])
+        for c in set(self.users[j] + self.users[r] + [j]) - {r}:
+            if not self.nodes[c].affine:
+                dom.relax.pop(c, None)
+                dom.relax.pop(("f32", c), None)
 
     def interval_node(self, dom: Domains, i: int):
         """Interval bounds of node ``i`` from its inputs' current bounds.  Linear: our evaluation

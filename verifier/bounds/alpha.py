@@ -189,34 +189,40 @@ def _movable(eng: Engine, dom: Domains, key) -> np.ndarray:
 
 def tighten_intermediate(eng: Engine, dom: Domains, steps: int = 20, lr: float = 0.25,
                          deadline: float | None = None, max_rows: int = 2048) -> int:
-    """Optimised slopes for the intermediate bounds too: node by node in topological order, the
-    lower and upper bound rows of every undecided ReLU input get their own slopes, optimised as in
-    ``optimise``; the tightened bounds then feed the relaxations after them.  In place on
+    """Optimised slopes for the intermediate bounds too: node by node in topological order
+    (``tighten_node``); the tightened bounds then feed the relaxations after them.  In place on
     ``dom`` (whose CROWN bounds must be computed).  Returns the number of rows optimised."""
     done = 0
     for t in eng.needed:
-        if t == eng.graph.output or t not in eng.relu_of:
-            continue
         if deadline is not None and time.perf_counter() > deadline:
             break
-        if not eng.fits(t, 2):                  # left at its (interval) bounds by the memory cap
-            continue
-        lo, hi = dom.lower[t], dom.upper[t]
-        rows = np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))[:max_rows]
-        if rows.size == 0 or not initial(eng, dom, 1).keys() & set(range(t)):
-            continue
-        m = rows.size
-        E = np.zeros((2 * m, lo.shape[1]))
-        E[np.arange(m), rows] = 1.0
-        E[m + np.arange(m), rows] = -1.0
-        r = optimise(eng, dom, E, np.zeros(2 * m), steps=steps, lr=lr, deadline=deadline,
-                     node=t, estimate=True)
-        nlo, nhi = lo.copy(), hi.copy()
-        nlo[:, rows] = np.maximum(lo[:, rows], r.lower[:, :m])
-        nhi[:, rows] = np.minimum(hi[:, rows], -r.lower[:, m:])
-        eng._set(dom, t, nlo, nhi)
-        for j in range(t + 1, len(eng.nodes)):        # later intervals see the tighter bounds
-            eng._set(dom, j, *eng.interval_node(dom, j))
-        done += 2 * m
+        done += tighten_node(eng, dom, t, steps, lr, deadline, max_rows)
     return done
 
+
+def tighten_node(eng: Engine, dom: Domains, t: int, steps: int = 20, lr: float = 0.25,
+                 deadline: float | None = None, max_rows: int = 2048) -> int:
+    """Optimised slopes for the bounds of node ``t`` (the input of a ReLU): the lower and upper
+    bound rows of every undecided entry get their own slopes, optimised as in ``optimise``; the
+    intervals of the nodes after ``t`` are redone from the tighter bounds.  In place on ``dom``.
+    Returns the number of rows optimised (0 for a node that feeds no ReLU, or that the memory
+    cap leaves at its interval bounds)."""
+    if t == eng.graph.output or t not in eng.relu_of or not eng.fits(t, 2):
+        return 0
+    lo, hi = dom.lower[t], dom.upper[t]
+    rows = np.flatnonzero(((lo < 0) & (hi > 0)).any(axis=0))[:max_rows]
+    if rows.size == 0 or not initial(eng, dom, 1).keys() & set(range(t)):
+        return 0
+    m = rows.size
+    E = np.zeros((2 * m, lo.shape[1]))
+    E[np.arange(m), rows] = 1.0
+    E[m + np.arange(m), rows] = -1.0
+    r = optimise(eng, dom, E, np.zeros(2 * m), steps=steps, lr=lr, deadline=deadline,
+                 node=t, estimate=True)
+    nlo, nhi = lo.copy(), hi.copy()
+    nlo[:, rows] = np.maximum(lo[:, rows], r.lower[:, :m])
+    nhi[:, rows] = np.minimum(hi[:, rows], -r.lower[:, m:])
+    eng._set(dom, t, nlo, nhi)
+    for j in range(t + 1, len(eng.nodes)):        # later intervals see the tighter bounds
+        eng._set(dom, j, *eng.interval_node(dom, j))
+    return 2 * m

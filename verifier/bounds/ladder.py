@@ -111,7 +111,8 @@ class Ladder:
         the margins again: CROWN, and optimised slopes in a third of the time used (recorded as
         levels ``milp-refine`` and ``milp-refine+alpha``)."""
         t0 = time.perf_counter()
-        cnt = refine_bounds(self.eng, self.dom, self.C, t0 + budget, neuron_time, workers)
+        cnt = refine_bounds(self.eng, self.dom, self.C, t0 + budget, neuron_time, workers,
+                            self.alpha_steps)
         self._record("milp-refine", t0, None if self.C is None else self._crown_margins(), cnt)
         if self.C is not None and not self.proved():
             t1 = time.perf_counter()

@@ -77,7 +77,7 @@ def test_acasxu_prop1_verified_and_prop2_falsified():
     from verifier import load
     net = load(ACAS / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx")
     prop = parse_vnnlib(ACAS / "vnnlib" / "prop_1.vnnlib")          # expected unsat
-    for top in (1, 2):
+    for top in (1, 2, 5):
         r = split_case(net, prop, 0, time.perf_counter() + 60, top=top)
         assert r.status == "verified" and r.margin_lower > 0
     net = load(ACAS / "onnx" / "ACASXU_run2a_2_1_batch_2000.onnx")
@@ -128,3 +128,105 @@ def test_auto_falls_back_to_the_milp_where_splitting_stalls(monkeypatch):
     case = Case(Box(-np.ones(3), np.ones(3)), (Conjunction(np.array([[1.0, -1.0]]), np.zeros(1)),))
     cert = run(g, Property((case,), 3, 2), Options(timeout=8.0))
     assert cert.status == "verified" and cert.method == "milp" and cert.margin_lower > 0
+
+
+def test_lookahead_children_are_halves_and_their_bounds_hold():
+    """With a look-ahead each box is halved along one input at its midpoint (the one whose halves'
+    worse bound is best), children in order, and their bounds hold on points sampled inside."""
+    from verifier.bab import Rows
+    from verifier.bounds.engine import domains
+    from verifier.branching import InputRule
+    g = random_net(3, n_in=3, widths=(8, 8), n_out=3)
+    case = Case(Box(-np.ones(3), np.ones(3)),
+                (Conjunction(np.array([[1.0, -1.0, 0.0]]), np.zeros(1)),
+                 Conjunction(np.array([[1.0, 0.0, -1.0]]), np.zeros(1))))
+    C, d, _ = case.stacked()
+    lad = Ladder(g, case.box.lower, case.box.upper, C, d)
+    lad.run("symbolic")
+    rows = Rows(case, sums=True)
+    rule = InputRule(lad.eng, rows, case.box.upper - case.box.lower, top=3)
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(-1, 0, size=(6, 3))
+    hi = lo + rng.uniform(0.2, 1.0, size=(6, 3))
+    parents = domains(g, lo, hi)
+    plb, pcoef, _ = rule.bound(parents, np.inf)
+    kids, stuck = rule.branch(parents, plb, pcoef[np.arange(6), rows.deciding(plb)], {})
+    assert not stuck.any() and kids.B == 12
+    klo, khi = kids.box
+    lb, _, _ = rule.bound(kids, np.inf)
+    worse = rows.margin(lb).reshape(6, 2).min(axis=1)
+    for b in range(6):
+        a, z = klo[2 * b:2 * b + 2], khi[2 * b:2 * b + 2]
+        axis = np.flatnonzero(z[0] != hi[b])
+        assert axis.size == 1 and np.array_equal(a[0], lo[b]) and np.array_equal(z[1], hi[b])
+        assert a[1][axis] == z[0][axis] == 0.5 * (lo[b][axis] + hi[b][axis])
+        # no other input's halves have a better worse bound (up to the batches' rounding)
+        for ax in range(3):
+            L2, H2 = np.repeat(lo[b][None], 2, 0), np.repeat(hi[b][None], 2, 0)
+            H2[0, ax] = L2[1, ax] = 0.5 * (lo[b][ax] + hi[b][ax])
+            alt = rows.margin(rule.bound(domains(g, L2, H2), np.inf)[0]).min()
+            assert worse[b] >= alt - 1e-9
+    for b in range(12):
+        x = klo[b] + rng.random((4000, 3)) * (khi[b] - klo[b])
+        vals = g.forward(x) @ C.T - d
+        assert np.all(vals.min(axis=0) >= lb[b] - 1e-9)
+
+
+def test_a_timed_out_split_reports_the_worst_open_box_bound(monkeypatch):
+    """What input splitting proved (the lowest bound over its open boxes) is the case's margin
+    bound at a timeout, not the root's looser one."""
+    from verifier import pipeline
+    from verifier.config import Options
+    from verifier.pipeline import run
+    stalled = lambda net, prop, k, ladder, end, tune: BabResult("timeout", -1e-3, None)
+    monkeypatch.setattr(pipeline, "_split_portfolio", stalled)
+    g = random_net(5, n_in=3, widths=(8, 8), n_out=2)
+    box = Box(-np.ones(3), np.ones(3))
+    probe = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.zeros(1)),))
+    m = brute_min_margin(g, probe)              # unsafe: y0 - y1 <= m - 5 %: no counterexample
+    case = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.array([m - 0.05 * (abs(m) + 1)])),))
+    cert = run(g, Property((case,), 3, 2), Options(timeout=2.0, method="bab"))
+    assert cert.status in ("timeout", "unknown") and cert.margin_lower == -1e-3
+
+
+@pytest.mark.parametrize("tops", [(1,), (2, 1, 5)])
+def test_searches_taking_turns_decide_as_one_search_does(tops, monkeypatch):
+    """Input splitting's searches resumed turn after turn (slices of 10 ms here) give the answer
+    one uninterrupted search gives, with each search's statistics."""
+    from verifier import pipeline
+    from verifier.config import Tuning
+    from verifier.pipeline import _split_portfolio
+    resumed = []
+
+    def counted(*a, resume=None, **kw):
+        resumed.append(resume is not None)
+        return branch_and_bound(*a, resume=resume, **kw)
+    monkeypatch.setattr(pipeline, "branch_and_bound", counted)
+    g = random_net(2, n_in=2, widths=(6, 6), n_out=2)
+    box = Box(np.full(2, -1.0), np.full(2, 1.0))
+    probe = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.zeros(1)),))
+    m = brute_min_margin(g, probe)
+    for shift, expect in ((-0.02 * (abs(m) + 1), "verified"), (+0.02 * (abs(m) + 1), "falsified")):
+        case = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.array([m + shift])),))
+        prop = Property((case,), 2, 2)
+        C, d, _ = case.stacked()
+        lad = Ladder(g, case.box.lower, case.box.upper, C, d)
+        lad.run("symbolic")
+        tune = Tuning(split_tops=tops, split_slice=0.01)
+        r = _split_portfolio(g, prop, 0, lad, time.perf_counter() + 30, tune)
+        assert r.status == expect, r.stats
+        assert [t["top"] for t in r.stats["tries"]] == list(tops)
+        assert r.stats["domains"] == sum(t["domains"] for t in r.stats["tries"])
+        if expect == "verified":
+            assert r.margin_lower > 0
+            assert any(resumed)                   # some search went on where it stopped
+        else:
+            assert box.contains(r.x32) and case.margin(r.y32) <= 0
+
+
+def test_tuning_rejects_bad_split_settings():
+    from verifier.config import OptionsError, Tuning
+    for bad in (dict(split_tops=()), dict(split_tops=(0,)), dict(split_tops=[2]),
+                dict(split_slice=0.0), dict(split_slice=float("inf"))):
+        with pytest.raises(OptionsError):
+            Tuning(**bad)

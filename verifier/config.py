@@ -60,6 +60,15 @@ class Tuning:
                                 # with 5, 93 with 8; mnist_fc 256x2 prop_10, 256x4 prop_11 / prop_3
                                 # at 0.05 the same (1.0 / 9.2 / 1.8 s with 5)
     split_batch: int = 512      # boxes split per round by input splitting (ACAS Xu)
+    # input splitting runs one search per entry, taking turns: each looks ahead among that many
+    # of the most promising inputs (bounding both halves of each) before it splits (1: smart
+    # branching alone).  ACAS Xu: 2 decides 1_1 / 1_7 prop_2 and 5_3 prop_2 in 2-3 s (1 and 5
+    # taking turns: timeouts at 116 s); 5 alone decides prop_1 on 2_8, 4_7, 5_5, 5_7 in 4-14 s
+    # (1 alone: a timeout at 30 s on 4_7; 2 then 1: timeouts at 116 s); 1 alone decides 1_1
+    # prop_5, 3_3 prop_9 in 7-10 s (5 alone: timeouts at 40 s).  All 186 at 116 s: 181 decided
+    # with (2, 1, 5), 177 with 2 for a third of the time then 1
+    split_tops: tuple = (2, 1, 5)
+    split_slice: float = 1.0    # seconds of each search's first turn (the turns double)
     # auto gives the final MILP time only with at most this many unstable ReLUs after the bounds,
     # else branch and bound keeps it: ResNet-2B MILPs (450-1560 binaries) never finished in 120 s,
     # and branch and bound alone decided props 10, 22, 47 in 41 / 53 / 40 s where auto timed out;
@@ -109,6 +118,13 @@ class Tuning:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise OptionsError(f"{name} must be a number of seconds >= 0, got {v!r}")
+        if not (isinstance(self.split_tops, tuple) and self.split_tops and all(
+                isinstance(t, int) and t >= 1 for t in self.split_tops)):
+            raise OptionsError(f"split_tops must be a tuple of integers >= 1, got "
+                               f"{self.split_tops!r}")
+        if not (isinstance(self.split_slice, (int, float)) and math.isfinite(self.split_slice)
+                and self.split_slice > 0):
+            raise OptionsError(f"split_slice must be seconds > 0, got {self.split_slice!r}")
         if not (isinstance(self.domain_attack_every, (int, float))
                 and self.domain_attack_every > 0):
             raise OptionsError("domain_attack_every must be seconds > 0 (inf: never), got "

@@ -115,21 +115,49 @@ def _few_inputs(net: Graph) -> bool:
 
 
 def _split_portfolio(net, prop, k, ladder, end: float, tune):
-    """Input splitting in two tries: look-ahead among the two most promising inputs for a third of
-    the time, then plain smart branching.  Measured on ACAS Xu: look-ahead decides prop_1 on nets
-    where smart branching times out (1_4, 2_2: 0.2-0.3 s against over 30 s), smart branching
-    decides 1_1 prop_5 and 3_3 prop_9 (5 s and 4 s) where look-ahead times out."""
-    first = time.perf_counter() + (end - time.perf_counter()) / 3
+    """Input splitting as several searches taking turns, in slices that double
+    (``tune.split_slice`` seconds first, each search resumed where it stopped), one per entry of
+    ``tune.split_tops`` (the inputs it looks ahead among); the first to decide answers.  No rule
+    wins everywhere (ACAS Xu: see ``Tuning.split_tops``), and taking turns costs each search at
+    most a few times its own time, where running them one after the other costs a later one the
+    whole share of those before it."""
     kw = dict(rule="input", batch=tune.split_batch, leaf_relus=tune.leaf_relus,
               leaf_time=tune.leaf_time, attack_every=tune.domain_attack_every,
               attack_time=tune.domain_attack_time, pool_bytes=tune.pool_gb * 2**30)
-    r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, first, top=2, **kw)
-    if r.status in ("verified", "falsified") or time.perf_counter() >= end:
-        return r
-    r2 = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, top=1, **kw)
-    r2.stats["first_try"] = {key: r.stats[key] for key in ("domains", "rounds", "time_s")
-                             if key in r.stats}
-    return r2
+    t0 = time.perf_counter()
+    tops = list(tune.split_tops)
+    last: list = [None] * len(tops)
+    tries = [{"top": t, "domains": 0, "rounds": 0, "time_s": 0.0} for t in tops]
+    slice_s = tune.split_slice
+    while time.perf_counter() < end and any(r is None or r.pool is not None for r in last):
+        for i, top in enumerate(tops):
+            now = time.perf_counter()
+            if now >= end:
+                break
+            if last[i] is not None and last[i].pool is None:      # gave up (too many domains)
+                continue
+            r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, min(end, now + slice_s),
+                                 top=top, resume=last[i], **kw)
+            last[i] = r
+            for key in ("domains", "rounds"):
+                tries[i][key] += r.stats.get(key, 0)
+            tries[i]["time_s"] = round(tries[i]["time_s"] + r.stats.get("time_s", 0.0), 4)
+            tries[i]["max_depth"] = max(tries[i].get("max_depth", 0), r.stats.get("max_depth", 0))
+            if r.status in ("verified", "falsified"):
+                return _with_tries(r, tries, t0)
+        slice_s *= 2
+    ran = [r for r in last if r is not None]
+    best = max(ran, key=lambda r: -np.inf if r.margin_lower is None else r.margin_lower)
+    return _with_tries(best, tries, t0)
+
+
+def _with_tries(r, tries: list, t0: float):
+    """``r`` with the statistics of all turns: totals, and each search's own under ``tries``."""
+    r.stats.update(domains=sum(t["domains"] for t in tries),
+                   rounds=sum(t["rounds"] for t in tries),
+                   max_depth=max(t.get("max_depth", 0) for t in tries),
+                   time_s=round(time.perf_counter() - t0, 4), tries=tries)
+    return r
 
 
 def _relu_bab(net, prop, k, ladder, bounds, end: float, tune, resume=None):
@@ -215,6 +243,8 @@ def _decide_case(net, prop, k, case, levels, use_milp, clock, start, options, st
         if r.status == "verified":
             return _Outcome("verified", "split", lower=r.margin_lower, upper=r.margin_upper)
     case_lower = float(conj_lower.min())
+    if splits and r.margin_lower is not None:    # the worst open box's bound holds for the case
+        case_lower = max(case_lower, r.margin_lower)
     relu_bab = bounds is not None and not splits and options.method in ("bab", "auto")
     unstable = bounds.report.levels[-1].unstable if bounds is not None else 0
     if use_milp and relu_bab:

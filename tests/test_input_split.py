@@ -53,24 +53,28 @@ def brute_min_margin(g, case, n=200_000, seed=0):
     return min(float(np.min(np.max(y @ c.C.T - c.d, axis=1))) for c in case.unsafe)
 
 
+def thresholds(g, rel):
+    """Cases "y0 - y1 <= t" on [-1, 1]^2 with ``t`` a fraction ``rel`` below and above the
+    sampled minimum of ``y0 - y1``: (case, property, the answer it must get)."""
+    box = Box(np.full(2, -1.0), np.full(2, 1.0))
+    m = brute_min_margin(g, Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.zeros(1)),)))
+    for shift, expect in ((-rel * (abs(m) + 1), "verified"), (+rel * (abs(m) + 1), "falsified")):
+        case = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.array([m + shift])),))
+        yield case, Property((case,), 2, 2), expect
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_split_answers_agree_with_dense_sampling(seed):
     """A threshold near the sampled minimum of y0 - y1: splitting must verify above it and
     falsify below it (the sampled point proves the latter)."""
     g = random_net(seed, n_in=2, widths=(6, 6), n_out=2)
-    box = Box(np.full(2, -1.0), np.full(2, 1.0))
-    probe = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.zeros(1)),))
-    m = brute_min_margin(g, probe)
-    for shift, expect in ((-0.05 * (abs(m) + 1), "verified"), (+0.05 * (abs(m) + 1), "falsified")):
-        # unsafe: y0 - y1 <= m + shift
-        case = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.array([m + shift])),))
-        prop = Property((case,), 2, 2)
+    for case, prop, expect in thresholds(g, 0.05):
         r = split_case(g, prop, 0, time.perf_counter() + 30)
         if expect == "verified":
             assert r.status == "verified" and r.margin_lower > 0
         else:
             assert r.status == "falsified"
-            assert box.contains(r.x32) and case.margin(r.y32) <= 0
+            assert case.box.contains(r.x32) and case.margin(r.y32) <= 0
 
 
 def test_acasxu_prop1_verified_and_prop2_falsified():
@@ -203,12 +207,7 @@ def test_searches_taking_turns_decide_as_one_search_does(tops, monkeypatch):
         return branch_and_bound(*a, resume=resume, **kw)
     monkeypatch.setattr(pipeline, "branch_and_bound", counted)
     g = random_net(2, n_in=2, widths=(6, 6), n_out=2)
-    box = Box(np.full(2, -1.0), np.full(2, 1.0))
-    probe = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.zeros(1)),))
-    m = brute_min_margin(g, probe)
-    for shift, expect in ((-0.02 * (abs(m) + 1), "verified"), (+0.02 * (abs(m) + 1), "falsified")):
-        case = Case(box, (Conjunction(np.array([[1.0, -1.0]]), np.array([m + shift])),))
-        prop = Property((case,), 2, 2)
+    for case, prop, expect in thresholds(g, 0.02):
         C, d, _ = case.stacked()
         lad = Ladder(g, case.box.lower, case.box.upper, C, d)
         lad.run("symbolic")
@@ -221,7 +220,7 @@ def test_searches_taking_turns_decide_as_one_search_does(tops, monkeypatch):
             assert r.margin_lower > 0
             assert any(resumed)                   # some search went on where it stopped
         else:
-            assert box.contains(r.x32) and case.margin(r.y32) <= 0
+            assert case.box.contains(r.x32) and case.margin(r.y32) <= 0
 
 
 def test_tuning_rejects_bad_split_settings():

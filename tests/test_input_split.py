@@ -229,3 +229,28 @@ def test_tuning_rejects_bad_split_settings():
                 dict(split_slice=0.0), dict(split_slice=float("inf"))):
         with pytest.raises(OptionsError):
             Tuning(**bad)
+
+
+def test_searches_taking_turns_with_no_time_left_report_a_timeout(monkeypatch):
+    """Called past its end the input splitting still answers (a timeout with the root's bound),
+    and a search that gives up is not resumed."""
+    from verifier import pipeline
+    from verifier.config import Tuning
+    from verifier.pipeline import _split_portfolio
+    g = random_net(2, n_in=2, widths=(6, 6), n_out=2)
+    case, prop, _ = next(thresholds(g, 0.02))
+    C, d, _ = case.stacked()
+    lad = Ladder(g, case.box.lower, case.box.upper, C, d)
+    lad.run("symbolic")
+    r = _split_portfolio(g, prop, 0, lad, time.perf_counter() - 1.0, Tuning())
+    assert r.status == "timeout" and r.margin_lower is not None and r.margin_lower <= 0
+    # searches whose pools outgrow max_domains answer unknown, and the turns end there
+    calls = []
+
+    def capped(*a, **kw):
+        calls.append(1)
+        return branch_and_bound(*a, max_domains=1, **kw)
+    monkeypatch.setattr(pipeline, "branch_and_bound", capped)
+    t0 = time.perf_counter()
+    r = _split_portfolio(g, prop, 0, lad, t0 + 20.0, Tuning(split_tops=(2, 1)))
+    assert r.status == "unknown" and len(calls) == 2 and time.perf_counter() - t0 < 10

@@ -129,12 +129,13 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
     last: list = [None] * len(tops)
     tries = [{"top": t, "domains": 0, "rounds": 0, "time_s": 0.0} for t in tops]
     slice_s = tune.split_slice
-    while time.perf_counter() < end and any(r is None or r.pool is not None for r in last):
+    going = lambda r: r is None or (r.status == "timeout" and r.pool is not None)
+    while time.perf_counter() < end and any(going(r) for r in last):
         for i, top in enumerate(tops):
             now = time.perf_counter()
             if now >= end:
                 break
-            if last[i] is not None and last[i].pool is None:      # gave up (too many domains)
+            if not going(last[i]):            # gave up: too many domains, or a box too small
                 continue
             r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, min(end, now + slice_s),
                                  top=top, resume=last[i], **kw)
@@ -147,6 +148,8 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
                 return _with_tries(r, tries, t0)
         slice_s *= 2
     ran = [r for r in last if r is not None]
+    if not ran:                               # no time at all: the root's bound, as a timeout
+        ran = [branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, top=tops[0], **kw)]
     best = max(ran, key=lambda r: -np.inf if r.margin_lower is None else r.margin_lower)
     return _with_tries(best, tries, t0)
 

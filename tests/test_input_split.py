@@ -16,11 +16,16 @@ from verifier.vnnlib import parse_vnnlib
 ACAS = Path(__file__).resolve().parent.parent / "benchmarks" / "vnncomp2022" / "acasxu"
 
 
-def split_case(graph, prop, k, deadline, top=1):
-    case = prop.cases[k]
+def symbolic_ladder(graph, case):
+    """A ladder run to CROWN bounds of ``case``'s box (the root input splitting starts from)."""
     C, d, _ = case.stacked()
     lad = Ladder(graph, case.box.lower, case.box.upper, C, d)
     lad.run("symbolic")
+    return lad
+
+
+def split_case(graph, prop, k, deadline, top=1):
+    lad = symbolic_ladder(graph, prop.cases[k])
     return branch_and_bound(graph, prop, k, lad.dom, lad.eng, deadline, rule="input", top=top)
 
 
@@ -99,9 +104,7 @@ def test_pgd_in_the_worst_boxes_finds_what_splitting_misses():
     net = load(ACAS / "onnx" / "ACASXU_run2a_1_5_batch_2000.onnx")
     prop = parse_vnnlib(ACAS / "vnnlib" / "prop_2.vnnlib")
     case = prop.cases[0]
-    C, d, _ = case.stacked()
-    lad = Ladder(net, case.box.lower, case.box.upper, C, d)
-    lad.run("symbolic")
+    lad = symbolic_ladder(net, case)
     r = branch_and_bound(net, prop, 0, lad.dom, lad.eng, time.perf_counter() + 60, rule="input",
                          attack_every=0.01)
     assert r.status == "falsified" and r.stats.get("found_by") == "attack", r.stats
@@ -145,8 +148,7 @@ def test_lookahead_children_are_halves_and_their_bounds_hold():
                 (Conjunction(np.array([[1.0, -1.0, 0.0]]), np.zeros(1)),
                  Conjunction(np.array([[1.0, 0.0, -1.0]]), np.zeros(1))))
     C, d, _ = case.stacked()
-    lad = Ladder(g, case.box.lower, case.box.upper, C, d)
-    lad.run("symbolic")
+    lad = symbolic_ladder(g, case)
     rows = Rows(case, sums=True)
     rule = InputRule(lad.eng, rows, case.box.upper - case.box.lower, top=3)
     rng = np.random.default_rng(0)
@@ -208,14 +210,14 @@ def test_searches_taking_turns_decide_as_one_search_does(tops, monkeypatch):
     monkeypatch.setattr(pipeline, "branch_and_bound", counted)
     g = random_net(2, n_in=2, widths=(6, 6), n_out=2)
     for case, prop, expect in thresholds(g, 0.02):
-        C, d, _ = case.stacked()
-        lad = Ladder(g, case.box.lower, case.box.upper, C, d)
-        lad.run("symbolic")
+        lad = symbolic_ladder(g, case)
         tune = Tuning(split_tops=tops, split_slice=0.01)
         r = _split_portfolio(g, prop, 0, lad, time.perf_counter() + 30, tune)
         assert r.status == expect, r.stats
         assert [t["top"] for t in r.stats["tries"]] == list(tops)
         assert r.stats["domains"] == sum(t["domains"] for t in r.stats["tries"])
+        # each search counts its root once (not again per turn) and two children per split
+        assert all(t["domains"] % 2 == 1 for t in r.stats["tries"] if t["domains"])
         if expect == "verified":
             assert r.margin_lower > 0
             assert any(resumed)                   # some search went on where it stopped
@@ -239,9 +241,7 @@ def test_searches_taking_turns_with_no_time_left_report_a_timeout(monkeypatch):
     from verifier.pipeline import _split_portfolio
     g = random_net(2, n_in=2, widths=(6, 6), n_out=2)
     case, prop, _ = next(thresholds(g, 0.02))
-    C, d, _ = case.stacked()
-    lad = Ladder(g, case.box.lower, case.box.upper, C, d)
-    lad.run("symbolic")
+    lad = symbolic_ladder(g, case)
     r = _split_portfolio(g, prop, 0, lad, time.perf_counter() - 1.0, Tuning())
     assert r.status == "timeout" and r.margin_lower is not None and r.margin_lower <= 0
     # searches whose pools outgrow max_domains answer unknown, and the turns end there

@@ -89,8 +89,10 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         batch = 512 if batch is None else batch
     else:
         raise ValueError(f"unknown branching rule {rule!r}")
-    stats = {"rule": br.name, "domains": 1, "rounds": 0, "max_depth": 0, "time_bound": 0.0,
-             "time_branch": 0.0}
+    # domains bounded by this call: a resumed search does not bound its root again
+    resuming = resume is not None and resume.pool is not None
+    stats = {"rule": br.name, "domains": 0 if resuming else 1, "rounds": 0, "max_depth": 0,
+             "time_bound": 0.0, "time_branch": 0.0}
     if rule == "relu":
         stats["steps"] = steps
     proven = np.inf
@@ -110,7 +112,7 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
         ids = pool.ids()
         return ids, rows.margin(pool.rows[ids])
 
-    if resume is not None and resume.pool is not None:
+    if resuming:
         pool, proven = resume.pool, resume.proven
         best_upper = resume.margin_upper if resume.margin_upper is not None else np.inf
         _tighten(eng, pool.dom, root)

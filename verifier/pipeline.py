@@ -127,7 +127,7 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
     t0 = time.perf_counter()
     tops = list(tune.split_tops)
     last: list = [None] * len(tops)
-    tries = [{"top": t, "domains": 0, "rounds": 0, "time_s": 0.0} for t in tops]
+    tries = [{"top": t, "domains": 0, "rounds": 0, "max_depth": 0, "time_s": 0.0} for t in tops]
     slice_s = tune.split_slice
     going = lambda r: r is None or (r.status == "timeout" and r.pool is not None)
     while time.perf_counter() < end and any(going(r) for r in last):
@@ -143,7 +143,7 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
             for key in ("domains", "rounds"):
                 tries[i][key] += r.stats.get(key, 0)
             tries[i]["time_s"] = round(tries[i]["time_s"] + r.stats.get("time_s", 0.0), 4)
-            tries[i]["max_depth"] = max(tries[i].get("max_depth", 0), r.stats.get("max_depth", 0))
+            tries[i]["max_depth"] = max(tries[i]["max_depth"], r.stats.get("max_depth", 0))
             if r.status in ("verified", "falsified"):
                 return _with_tries(r, tries, t0)
         slice_s *= 2
@@ -158,7 +158,7 @@ def _with_tries(r, tries: list, t0: float):
     """``r`` with the statistics of all turns: totals, and each search's own under ``tries``."""
     r.stats.update(domains=sum(t["domains"] for t in tries),
                    rounds=sum(t["rounds"] for t in tries),
-                   max_depth=max(t.get("max_depth", 0) for t in tries),
+                   max_depth=max(t["max_depth"] for t in tries),
                    time_s=round(time.perf_counter() - t0, 4), tries=tries)
     return r
 

@@ -62,8 +62,9 @@ def branch_and_bound(graph: Graph, prop: Property, k: int, root: Domains, eng: E
 
     ``rule``: "relu" (ReLU phases; ``steps`` slope/multiplier steps per round, ``refine``
     recompute the children's intermediate bounds, ``fsb`` filtered strong branching among that
-    many candidates, ``beta=False`` no split multipliers) or "input" (the input box; ``top`` inputs looked ahead, ``alpha_steps``
-    slope steps per batch).  ``batch``: domains split per round (default 64 for relu, 512 for
+    many candidates, ``beta=False`` no split multipliers) or "input" (the input box; ``top``
+    inputs looked ahead, ``alpha_steps`` slope steps for the open children's intermediate
+    bounds and rows).  ``batch``: domains split per round (default 64 for relu, 512 for
     input).  ``max_domains``: open domains kept at most (memory), beyond which the answer is
     ``unknown``; ``pool_bytes``: while the open domains hold more bytes than this, each round
     splits the open domains with the highest bounds (closest to closing: the pool shrinks) instead

@@ -68,6 +68,12 @@ class Tuning:
     # prop_5, 3_3 prop_9 in 7-10 s (5 alone: timeouts at 40 s).  All 186 at 116 s: 181 decided
     # with (2, 1, 5), 177 with 2 for a third of the time then 1
     split_tops: tuple = (2, 1, 5)
+    # per search of ``split_tops``: slope steps for the open boxes' intermediate bounds and rows
+    # (0: CROWN).  Look-ahead among 5 alone, 60 s: 1_8 prop_2 verified in 5 s with 5 steps (a
+    # timeout at 116 s without), 3_9 / 4_9 prop_1 at -8.5 / -9.7 (without: -33 / -47), 4_7 prop_1
+    # verified in 8.7 s either way; smart branching with 5 steps: 1_1 prop_5 a timeout at 60 s
+    # (verified in 9.6 s without: it needs many cheap boxes)
+    split_steps: tuple = (0, 0, 5)
     split_slice: float = 1.0    # seconds of each search's first turn (the turns double)
     # auto gives the final MILP time only with at most this many unstable ReLUs after the bounds,
     # else branch and bound keeps it: ResNet-2B MILPs (450-1560 binaries) never finished in 120 s,
@@ -122,6 +128,10 @@ class Tuning:
                 isinstance(t, int) and t >= 1 for t in self.split_tops)):
             raise OptionsError(f"split_tops must be a tuple of integers >= 1, got "
                                f"{self.split_tops!r}")
+        if not (isinstance(self.split_steps, tuple) and len(self.split_steps) == len(
+                self.split_tops) and all(isinstance(t, int) and t >= 0 for t in self.split_steps)):
+            raise OptionsError(f"split_steps must be a tuple of integers >= 0, one per entry of "
+                               f"split_tops, got {self.split_steps!r}")
         if not (isinstance(self.split_slice, (int, float)) and math.isfinite(self.split_slice)
                 and self.split_slice > 0):
             raise OptionsError(f"split_slice must be seconds > 0, got {self.split_slice!r}")

@@ -117,7 +117,8 @@ def _few_inputs(net: Graph) -> bool:
 def _split_portfolio(net, prop, k, ladder, end: float, tune):
     """Input splitting as several searches taking turns, in slices that double
     (``tune.split_slice`` seconds first, each search resumed where it stopped), one per entry of
-    ``tune.split_tops`` (the inputs it looks ahead among); the first to decide answers.  No rule
+    ``tune.split_tops`` (the inputs it looks ahead among; ``tune.split_steps``: its slope steps
+    for the open boxes' bounds); the first to decide answers.  No rule
     wins everywhere (ACAS Xu: see ``Tuning.split_tops``), and taking turns costs each search at
     most a few times its own time, where running them one after the other costs a later one the
     whole share of those before it."""
@@ -127,7 +128,9 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
     t0 = time.perf_counter()
     tops = list(tune.split_tops)
     last: list = [None] * len(tops)
-    tries = [{"top": t, "domains": 0, "rounds": 0, "max_depth": 0, "time_s": 0.0} for t in tops]
+    steps = list(tune.split_steps)
+    tries = [{"top": t, "steps": a, "domains": 0, "rounds": 0, "max_depth": 0, "time_s": 0.0}
+             for t, a in zip(tops, steps)]
     slice_s = tune.split_slice
     going = lambda r: r is None or (r.status == "timeout" and r.pool is not None)
     while time.perf_counter() < end and any(going(r) for r in last):
@@ -138,7 +141,7 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
             if not going(last[i]):            # gave up: too many domains, or a box too small
                 continue
             r = branch_and_bound(net, prop, k, ladder.dom, ladder.eng, min(end, now + slice_s),
-                                 top=top, resume=last[i], **kw)
+                                 top=top, alpha_steps=steps[i], resume=last[i], **kw)
             last[i] = r
             for key in ("domains", "rounds"):
                 tries[i][key] += r.stats.get(key, 0)
@@ -149,7 +152,8 @@ def _split_portfolio(net, prop, k, ladder, end: float, tune):
         slice_s *= 2
     ran = [r for r in last if r is not None]
     if not ran:                               # no time at all: the root's bound, as a timeout
-        ran = [branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, top=tops[0], **kw)]
+        ran = [branch_and_bound(net, prop, k, ladder.dom, ladder.eng, end, top=tops[0],
+                                alpha_steps=steps[0], **kw)]
     best = max(ran, key=lambda r: -np.inf if r.margin_lower is None else r.margin_lower)
     return _with_tries(best, tries, t0)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bounds import alpha as alpha_opt
-from .bounds.engine import Domains, Engine, domains, output_interval
+from .bounds.engine import Domains, Engine, domains
 from .graph import Relu
 from .ops.relu import upper_line
 from .spec import Case, conjunction_max
@@ -272,12 +272,8 @@ class InputRule:
         in float32 with no rounding charged (``Engine.bound(estimate=True)``), 85 % of a
         look-ahead search's time went to these bounds in float64; the children chosen are then
         bounded in earnest (``bound``), with slope steps if the rule has them."""
-        eng = self.eng
-        eng.bound(kids, estimate=True)
-        t = eng.graph.output
-        lb, _ = eng.objective(kids, t, self.rows.C, -self.rows.d, estimate=True)
-        ilo, _ = output_interval(kids.lower[t], kids.upper[t], self.rows.C, self.rows.d)
-        return np.maximum(lb, ilo)
+        self.eng.bound(kids, estimate=True)
+        return self.eng.margins(kids, self.rows.C, self.rows.d, estimate=True)
 
     def branch(self, dom: Domains, prow: np.ndarray, pcoef: np.ndarray, params):
         """Children of every domain, two each in order (halves along the chosen input); a box

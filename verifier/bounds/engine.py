@@ -729,22 +729,24 @@ class Engine:
         return out
 
     def margins(self, dom: Domains, C: np.ndarray, d: np.ndarray, alpha: dict | None = None,
-                upper: bool = False, coef: bool = False):
+                upper: bool = False, coef: bool = False, estimate: bool = False):
         """Sound bounds on ``C @ y - d`` for the output ``y`` of every domain: back-substituted
         from ``C`` directly (tighter than bounding ``y`` first), and never looser than the interval
         image of the output bounds.  Returns ``lower (B, k)``; ``(lower, upper)`` if ``upper``;
-        ``(lower, input coefficients of each row's linear bound)`` if ``coef``."""
+        ``(lower, input coefficients of each row's linear bound)`` if ``coef``.  ``estimate``:
+        the back-substitutions in float32 with no rounding charged (``objective``): values to
+        choose by, never bounds."""
         C = np.atleast_2d(np.asarray(C, np.float64))
         d = np.asarray(d, np.float64).ravel()
         t = self.graph.output
         ilo, ihi = output_interval(dom.lower[t], dom.upper[t], C, d)
-        lo, L0 = self.objective(dom, t, C, -d, alpha)
+        lo, L0 = self.objective(dom, t, C, -d, alpha, estimate=estimate)
         lo = np.maximum(lo, ilo)
         if coef:
             return lo, L0
         if not upper:
             return lo
-        neg, _ = self.objective(dom, t, -C, d)
+        neg, _ = self.objective(dom, t, -C, d, estimate=estimate)
         return lo, np.minimum(-neg, ihi)
 
     def _chunks(self, B: int, k: int, width: int, pair: bool):
